@@ -1,0 +1,55 @@
+# django-redis-broker: `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-postgres lint format typecheck bench chromium clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned packages and the app
+
+chromium: ## Install Debian's Chromium for the browser tests, when missing and possible
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests"; \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+		|| echo "Could not install chromium: browser tests will be skipped"; \
+	else echo "No $(CHROMIUM) and no root to install it: browser tests will be skipped"; fi
+
+demo: install ## Run the demo (daphne + runconsumers) on http://127.0.0.1:8000
+	$(BIN)/python -m demo_site.run
+
+test: install chromium ## Run the whole test suite against a real Redis and a real browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-postgres: install ## Run the database-dependent tests against PostgreSQL (DATABASE_URL)
+	$(BIN)/python -m pytest -m postgres $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install ## Run the benchmarks (private Redis each)
+	$(BIN)/python bench/publish.py
+
+clean: ## Remove the virtualenv, caches and local databases
+	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,84 @@
+"""django-redis-broker: Redis Streams and Pub/Sub messaging for Django.
+
+The public names below are imported lazily, so ``import redis_broker`` reads no
+settings and opens no connection; that keeps it safe in ``settings.py`` and app loading.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "ConsumerGroupMissing",
+    "RedisBrokerError",
+    "Reject",
+    "StreamMessage",
+    "abroadcast",
+    "apublish",
+    "apublish_many",
+    "broadcast",
+    "get_async_redis",
+    "get_redis",
+    "publish",
+    "publish_many",
+    "publish_model_event",
+    "stream_consumer",
+]
+
+_LAZY = {
+    "BrokerUnavailable": "redis_broker.exceptions",
+    "ConfigurationError": "redis_broker.exceptions",
+    "ConsumerGroupMissing": "redis_broker.exceptions",
+    "RedisBrokerError": "redis_broker.exceptions",
+    "Reject": "redis_broker.exceptions",
+    "StreamMessage": "redis_broker.consumers.message",
+    "abroadcast": "redis_broker.publishing",
+    "apublish": "redis_broker.publishing",
+    "apublish_many": "redis_broker.publishing",
+    "broadcast": "redis_broker.publishing",
+    "get_async_redis": "redis_broker.connection",
+    "get_redis": "redis_broker.connection",
+    "publish": "redis_broker.publishing",
+    "publish_many": "redis_broker.publishing",
+    "publish_model_event": "redis_broker.model_events",
+    "stream_consumer": "redis_broker.consumers.registry",
+}
+
+if TYPE_CHECKING:
+    from .connection import get_async_redis, get_redis
+    from .consumers.message import StreamMessage
+    from .consumers.registry import stream_consumer
+    from .exceptions import (
+        BrokerUnavailable,
+        ConfigurationError,
+        ConsumerGroupMissing,
+        RedisBrokerError,
+        Reject,
+    )
+    from .model_events import publish_model_event
+    from .publishing import (
+        abroadcast,
+        apublish,
+        apublish_many,
+        broadcast,
+        publish,
+        publish_many,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'redis_broker' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,123 @@
+"""System checks for ``REDIS_BROKER``.
+
+The static check runs the very validator ``get_config()`` uses, so ``manage.py check``
+and runtime can never disagree. Checks that talk to Redis are deploy checks only
+(``manage.py check --deploy``): a plain ``check`` never does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from . import conf
+
+W_NO_PASSWORD = "redis_broker.W001"
+W_NO_TLS = "redis_broker.W002"
+W_EVICTION = "redis_broker.W003"
+W_UNREACHABLE = "redis_broker.W004"
+
+#: Policies that never evict keys; anything else may silently delete streams and groups.
+SAFE_EVICTION_POLICIES = frozenset(
+    {"noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"}
+)
+
+
+@register(Tags.compatibility, "redis_broker")
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Report every mistake in ``REDIS_BROKER``, each naming its key."""
+    _config, errors = conf.validate(conf.raw_setting())
+    return [
+        Error(
+            f"REDIS_BROKER{e.key} {e.detail}" if e.key else f"REDIS_BROKER {e.detail}",
+            hint=e.hint,
+            id=e.check_id,
+        )
+        for e in errors
+    ]
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host in (None, "", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@register(Tags.security, "redis_broker", deploy=True)
+def check_deployment(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Warn about a Redis reachable without a password or TLS, or one that may evict keys."""
+    config, errors = conf.validate(conf.raw_setting())
+    if errors:
+        return []  # the static check reports them
+    messages: list[CheckMessage] = []
+    parts = urlsplit(config.url)
+    remote = parts.scheme != "unix" and not _is_loopback(parts.hostname)
+    has_password = bool(parts.password or config.options.get("password"))
+    if remote and not has_password:
+        messages.append(
+            Warning(
+                f"REDIS_BROKER['URL'] points at {parts.hostname}, which is not a loopback "
+                "address, and gives no password.",
+                hint='Use an ACL user: "rediss://user:password@host:6379/0".',
+                id=W_NO_PASSWORD,
+            )
+        )
+    if remote and parts.scheme != "rediss":
+        messages.append(
+            Warning(
+                f"REDIS_BROKER['URL'] reaches {parts.hostname} without TLS.",
+                hint='Use the "rediss://" scheme so events and credentials are encrypted.',
+                id=W_NO_TLS,
+            )
+        )
+    messages.extend(_check_server(config))
+    return messages
+
+
+def _check_server(config: conf.BrokerConfig) -> list[CheckMessage]:
+    from .connection import CONNECTION_ERRORS, build_client, mask_url
+
+    client = build_client(config)
+    try:
+        policy_reply = client.config_get("maxmemory-policy")
+    except CONNECTION_ERRORS as exc:
+        return [
+            Warning(
+                f"Redis at {mask_url(config.url)} did not answer: {exc}.",
+                hint="Start Redis or correct REDIS_BROKER['URL'].",
+                id=W_UNREACHABLE,
+            )
+        ]
+    except Exception:
+        return []
+    finally:
+        client.close()
+    policy = _text(policy_reply.get(b"maxmemory-policy", policy_reply.get("maxmemory-policy")))
+    if policy and policy not in SAFE_EVICTION_POLICIES:
+        return [
+            Warning(
+                f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis deletes "
+                "keys, and with them streams, consumer groups and pending entries.",
+                hint='Set "maxmemory-policy noeviction" (or a volatile-* policy) on this Redis.',
+                id=W_EVICTION,
+            )
+        ]
+    return []
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)

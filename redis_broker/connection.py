@@ -1,0 +1,206 @@
+"""Redis clients built from the configuration: one sync client per process, one async
+client per running event loop.
+
+Why per loop: redis-py's asyncio connections belong to the loop that opened them, and
+Django runs async views, Channels consumers and ``async_to_sync`` calls on several loops
+in one process. A client shared across loops fails with "attached to a different loop".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from .conf import BrokerConfig, get_config
+from .exceptions import BrokerUnavailable
+
+#: Errors that mean "Redis is not there or not answering", as opposed to a command error.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+_lock = threading.Lock()
+_sync_client: tuple[int, redis.Redis] | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and pages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def client_kwargs(config: BrokerConfig) -> dict[str, Any]:
+    """Return the keyword arguments our clients get on top of the URL and ``OPTIONS``.
+
+    The socket timeout must be longer than any blocking read (checked by E010) so a
+    half-open connection is detected instead of hanging a worker forever.
+    """
+    kwargs: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.socket_connect_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": config.health_check_interval,
+        "client_name": "django-redis-broker",
+    }
+    kwargs.update(config.options)
+    kwargs["decode_responses"] = False  # wire.py decodes; binary-safe for foreign entries
+    return kwargs
+
+
+def _retry(config: BrokerConfig, *, asyncio_: bool) -> Any:
+    backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
+    if asyncio_:
+        return redis.asyncio.retry.Retry(backoff, config.retries)
+    return Retry(backoff, config.retries)
+
+
+def build_client(config: BrokerConfig) -> redis.Redis:
+    """Return a new sync client for ``config`` (URL, TLS, ACL, unix socket or Sentinel)."""
+    kwargs = client_kwargs(config)
+    kwargs.setdefault("retry", _retry(config, asyncio_=False))
+    if config.sentinels:
+        url_kwargs = _url_kwargs(config.url)
+        sentinel = redis.sentinel.Sentinel(
+            list(config.sentinels),
+            sentinel_kwargs=dict(config.sentinel_options) or None,
+            **{**url_kwargs, **kwargs},
+        )
+        assert config.sentinel_service is not None  # validated with SENTINELS
+        return sentinel.master_for(config.sentinel_service)
+    return redis.Redis.from_url(config.url, **kwargs)
+
+
+def build_async_client(config: BrokerConfig) -> redis.asyncio.Redis:
+    """Return a new asyncio client for ``config``; use it only on the current loop."""
+    kwargs = client_kwargs(config)
+    kwargs.setdefault("retry", _retry(config, asyncio_=True))
+    if config.sentinels:
+        url_kwargs = _url_kwargs(config.url)
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            list(config.sentinels),
+            sentinel_kwargs=dict(config.sentinel_options) or None,
+            **{**url_kwargs, **kwargs},
+        )
+        assert config.sentinel_service is not None
+        return sentinel.master_for(config.sentinel_service)
+    return redis.asyncio.Redis.from_url(config.url, **kwargs)
+
+
+def _url_kwargs(url: str) -> dict[str, Any]:
+    """Return db, username, password and TLS from ``url`` for the Sentinel-managed master."""
+    parts = urlsplit(url)
+    kwargs: dict[str, Any] = {}
+    if parts.username:
+        kwargs["username"] = parts.username
+    if parts.password:
+        kwargs["password"] = parts.password
+    path = parts.path.lstrip("/")
+    if path.isdigit():
+        kwargs["db"] = int(path)
+    if parts.scheme == "rediss":
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def get_redis() -> redis.Redis:
+    """Return this process's sync client (thread-safe; rebuilt after a fork)."""
+    global _sync_client
+    current = _sync_client
+    pid = os.getpid()
+    if current is not None and current[0] == pid:
+        return current[1]
+    with _lock:
+        if _sync_client is None or _sync_client[0] != pid:
+            _sync_client = (pid, build_client(get_config()))
+        return _sync_client[1]
+
+
+def get_async_redis() -> redis.asyncio.Redis:
+    """Return the async client of the running event loop, creating it on first use."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = build_async_client(get_config())
+        _async_clients[loop] = client
+    return client
+
+
+def reset_connections() -> None:
+    """Forget every client so the next call builds new ones from the current settings.
+
+    The sync client's pool is disconnected; async clients are dropped (their loops may
+    be gone) and closed by garbage collection.
+    """
+    global _sync_client
+    with _lock:
+        if _sync_client is not None:
+            with contextlib.suppress(Exception):
+                _sync_client[1].close()
+            _sync_client = None
+        _async_clients.clear()
+
+
+async def aclose_async_redis() -> None:
+    """Close the running loop's async client; call before the loop ends to avoid warnings."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.pop(loop, None)
+    if client is not None:
+        await client.aclose()
+
+
+def unavailable(exc: BaseException, url: str | None = None) -> BrokerUnavailable:
+    """Return a ``BrokerUnavailable`` for ``exc`` that names the masked URL."""
+    shown = mask_url(url if url is not None else get_config().url)
+    return BrokerUnavailable(f"Redis at {shown} is unavailable: {exc}")
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn redis-py connection errors into ``BrokerUnavailable`` inside the block."""
+    try:
+        yield
+    except BrokerUnavailable:
+        raise
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def atranslate_errors() -> AsyncIterator[None]:
+    """Async twin of :func:`translate_errors`."""
+    try:
+        yield
+    except BrokerUnavailable:
+        raise
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(exc) from exc

@@ -1,0 +1,1 @@
+"""Stream consumers: ``@stream_consumer`` handlers run by ``manage.py runconsumers``."""

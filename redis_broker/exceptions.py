@@ -1,0 +1,50 @@
+"""Exceptions raised by django-redis-broker.
+
+Every error a user may want to catch derives from :class:`RedisBrokerError`, so one
+``except RedisBrokerError`` covers the app without swallowing unrelated bugs.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class RedisBrokerError(Exception):
+    """Base class of every error raised by django-redis-broker."""
+
+
+class ConfigurationError(RedisBrokerError, ImproperlyConfigured):
+    """A ``REDIS_BROKER`` value is wrong.
+
+    Carries the key path and the system-check id, so ``manage.py check`` and runtime
+    report the same problem in the same words.
+    """
+
+    def __init__(self, key: str, message: str, *, check_id: str, hint: str | None = None):
+        self.key = key
+        self.check_id = check_id
+        self.hint = hint
+        self.detail = message
+        super().__init__(f"REDIS_BROKER{key}: {message}" + (f" ({hint})" if hint else ""))
+
+
+class BrokerUnavailable(RedisBrokerError, ConnectionError):
+    """Redis could not be reached (or did not answer in time).
+
+    The message names the URL with any password masked, so it is safe to log.
+    """
+
+
+class Reject(RedisBrokerError):
+    """Raise from a stream consumer to dead-letter the entry at once, without retries."""
+
+
+class MalformedEntry(RedisBrokerError, ValueError):
+    """A stream entry or Pub/Sub message does not follow the documented wire format."""
+
+
+class ConsumerGroupMissing(RedisBrokerError):
+    """Redis answered NOGROUP: the stream or its consumer group vanished (flush, eviction, restart).
+
+    The runner re-creates the group; the message says what happened and what to check.
+    """

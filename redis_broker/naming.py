@@ -1,0 +1,46 @@
+"""Names of streams and channels: prefixing, validation and wildcard patterns.
+
+Patterns use ``*`` (any run of characters) and ``?`` (one character) and never match
+across nothing else: a browser can only ever name a concrete channel, and patterns
+come from settings alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+
+#: A concrete stream or channel name, as accepted from browsers and settings.
+CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+#: A pattern in settings: a name that may also hold the wildcards * and ?.
+PATTERN_RE = re.compile(r"[A-Za-z0-9_.:\-*?]{1,200}")
+
+
+def is_valid_channel(name: object) -> bool:
+    """Return True when ``name`` is a concrete channel name (no wildcards, no spaces)."""
+    return isinstance(name, str) and CHANNEL_NAME_RE.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    parts = [re.escape(p).replace(r"\*", ".*").replace(r"\?", ".") for p in patterns]
+    return re.compile("|".join(f"(?:{part})" for part in parts))
+
+
+def matches_any(patterns: Iterable[str], name: str) -> bool:
+    """Return True when ``name`` matches one of the wildcard ``patterns``."""
+    compiled = _compile(tuple(patterns))
+    return compiled is not None and compiled.fullmatch(name) is not None
+
+
+def prefixed(prefix: str, name: str) -> str:
+    """Return the Redis key or channel for ``name`` under ``KEY_PREFIX``."""
+    return f"{prefix}{name}" if prefix else name
+
+
+def unprefixed(prefix: str, key: str) -> str:
+    """Return the user-facing name of a Redis key or channel under ``KEY_PREFIX``."""
+    return key[len(prefix) :] if prefix and key.startswith(prefix) else key

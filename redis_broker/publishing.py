@@ -1,0 +1,194 @@
+"""Publishing: durable events to Redis Streams, live messages to Pub/Sub.
+
+Every function encodes the whole payload before it talks to Redis, so a value JSON
+cannot encode raises ``TypeError`` and nothing half-sent is left behind. Connection
+failures surface as ``BrokerUnavailable`` naming the masked URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from . import wire
+from .conf import BrokerConfig, get_config
+from .connection import atranslate_errors, get_async_redis, get_redis, translate_errors
+from .naming import matches_any, prefixed
+
+# XADD and PUBLISH in one atomic step, so the message a browser receives carries the id
+# of the entry it can later replay from, and no reader sees one without the other.
+_DURABLE_BROADCAST = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+    'type', ARGV[2], 'data', ARGV[3], 'event_id', ARGV[4], 'published_at', ARGV[5])
+return {id, redis.call('PUBLISH', KEYS[2], ARGV[6] .. id .. ARGV[7])}
+"""
+
+
+def _xadd_args(config: BrokerConfig) -> dict[str, Any]:
+    if config.stream_maxlen is None:
+        return {}
+    return {"maxlen": config.stream_maxlen, "approximate": True}
+
+
+def _ids(replies: Iterable[Any]) -> list[str]:
+    return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+
+
+def _encode_many(
+    items: Iterable[Any], type: str, headers: Mapping[str, Any] | None
+) -> list[dict[str, str]]:
+    published_at = wire.now_iso()
+    return [
+        wire.encode_entry(item, type=type, headers=headers, published_at=published_at)
+        for item in items
+    ]
+
+
+def publish(
+    stream: str,
+    data: Any,
+    *,
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> str:
+    """Append one event to ``stream`` and return its entry id.
+
+    The stream name gets ``KEY_PREFIX``; the stream is trimmed to about
+    ``STREAM_MAXLEN`` entries in the same command.
+    """
+    config = get_config()
+    fields = wire.encode_entry(data, type=type, headers=headers)
+    with translate_errors():
+        entry_id = get_redis().xadd(
+            prefixed(config.key_prefix, stream), fields, **_xadd_args(config)
+        )
+    return _ids([entry_id])[0]
+
+
+def publish_many(
+    stream: str,
+    items: Iterable[Any],
+    *,
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Append several events to ``stream`` in one round trip; return their entry ids in order."""
+    config = get_config()
+    encoded = _encode_many(items, type, headers)
+    if not encoded:
+        return []
+    key = prefixed(config.key_prefix, stream)
+    return publish_encoded([(key, fields) for fields in encoded], prefixed_keys=True)
+
+
+def publish_encoded(
+    entries: Sequence[tuple[str, Mapping[str, str]]], *, prefixed_keys: bool = False
+) -> list[str]:
+    """Append already encoded entries, possibly to several streams, in one round trip.
+
+    Used by model events and the outbox relay, which encode at save time so that a
+    retried event keeps its ``event_id`` and ``published_at``.
+    """
+    if not entries:
+        return []
+    config = get_config()
+    xadd_args = _xadd_args(config)
+    with translate_errors():
+        pipe = get_redis().pipeline(transaction=False)
+        for stream, fields in entries:
+            key = stream if prefixed_keys else prefixed(config.key_prefix, stream)
+            pipe.xadd(key, dict(fields), **xadd_args)
+        return _ids(pipe.execute())
+
+
+def _durable_args(
+    config: BrokerConfig, channel: str, data: Any, type: str
+) -> tuple[list[str], list[Any]]:
+    fields = wire.encode_entry(data, type=type)
+    before_id, after_id = wire.durable_message_parts(fields)
+    key = prefixed(config.key_prefix, channel)
+    args = [
+        config.websocket.durable_maxlen,
+        fields[wire.TYPE],
+        fields[wire.DATA],
+        fields[wire.EVENT_ID],
+        fields[wire.PUBLISHED_AT],
+        before_id,
+        after_id,
+    ]
+    return [key, key], args
+
+
+def is_durable(channel: str, config: BrokerConfig | None = None) -> bool:
+    """Return True when ``channel`` matches ``WEBSOCKET["DURABLE_CHANNELS"]``."""
+    config = config or get_config()
+    return matches_any(config.websocket.durable_channels, channel)
+
+
+def broadcast(channel: str, data: Any, *, type: str = "") -> int:
+    """Publish a live message on a Pub/Sub channel; return how many subscribers got it.
+
+    Nothing is stored, except on channels matching ``DURABLE_CHANNELS``: those are also
+    appended to a capped stream of the same name, so browsers can replay what they missed.
+    """
+    config = get_config()
+    if is_durable(channel, config):
+        keys, args = _durable_args(config, channel, data, type)
+        with translate_errors():
+            _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
+        return int(receivers)
+    message = wire.encode_message(data, type=type)
+    with translate_errors():
+        return int(get_redis().publish(prefixed(config.key_prefix, channel), message))
+
+
+async def apublish(
+    stream: str,
+    data: Any,
+    *,
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> str:
+    """Async twin of :func:`publish`."""
+    config = get_config()
+    fields = wire.encode_entry(data, type=type, headers=headers)
+    async with atranslate_errors():
+        entry_id = await get_async_redis().xadd(
+            prefixed(config.key_prefix, stream), fields, **_xadd_args(config)
+        )
+    return _ids([entry_id])[0]
+
+
+async def apublish_many(
+    stream: str,
+    items: Iterable[Any],
+    *,
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Async twin of :func:`publish_many`."""
+    config = get_config()
+    encoded = _encode_many(items, type, headers)
+    if not encoded:
+        return []
+    key = prefixed(config.key_prefix, stream)
+    xadd_args = _xadd_args(config)
+    async with atranslate_errors():
+        pipe = get_async_redis().pipeline(transaction=False)
+        for fields in encoded:
+            pipe.xadd(key, fields, **xadd_args)
+        return _ids(await pipe.execute())
+
+
+async def abroadcast(channel: str, data: Any, *, type: str = "") -> int:
+    """Async twin of :func:`broadcast`."""
+    config = get_config()
+    if is_durable(channel, config):
+        keys, args = _durable_args(config, channel, data, type)
+        async with atranslate_errors():
+            script = get_async_redis().register_script(_DURABLE_BROADCAST)
+            _entry_id, receivers = await script(keys, args)
+        return int(receivers)
+    message = wire.encode_message(data, type=type)
+    async with atranslate_errors():
+        return int(await get_async_redis().publish(prefixed(config.key_prefix, channel), message))

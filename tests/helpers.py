@@ -1,0 +1,53 @@
+"""Helpers shared by the tests: subprocess environments and process control."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url() -> str:
+    """Return a DATABASE_URL for the test database the current test is using."""
+    s = connection.settings_dict
+    if s["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{s['NAME']}"
+    user = s.get("USER") or ""
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    host = s.get("HOST") or "127.0.0.1"
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    return f"postgres://{auth}{host}{port}/{s['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Return an environment for a child process that shares this test's Redis and database."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=database_url(),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def manage(
+    *args: str, env: Mapping[str, str] | None = None, **popen: object
+) -> subprocess.Popen[str]:
+    """Start ``manage.py`` with ``args`` in a child process (text output, piped)."""
+    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=dict(env) if env is not None else subprocess_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )

@@ -1,0 +1,28 @@
+"""Settings of the test suite: the demo site plus a test app.
+
+SQLite test databases live in a file, not in memory, so that subprocesses started by
+tests (runconsumers, daphne, relayoutbox) can open the same database: they receive
+its URL through ``tests.helpers.subprocess_env()``.
+"""
+
+from demo_site.settings import *  # noqa: F403
+from demo_site.settings import DATABASES, INSTALLED_APPS, REDIS_BROKER, VAR_DIR
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+
+REDIS_BROKER = {
+    **REDIS_BROKER,
+    "CONSUMERS": {"STATUS_INTERVAL": 1.0},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"redis_broker": {"handlers": ["null"], "level": "DEBUG", "propagate": True}},
+}
