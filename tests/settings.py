@@ -5,6 +5,8 @@ tests (runconsumers, daphne, relayoutbox) can open the same database: they recei
 its URL through ``tests.helpers.subprocess_env()``.
 """
 
+import os
+
 from demo_site.settings import *  # noqa: F403
 from demo_site.settings import DATABASES, INSTALLED_APPS, REDIS_BROKER, VAR_DIR
 
@@ -13,7 +15,8 @@ INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One file per test run, so concurrent runs never share (and destroy) a database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
 REDIS_BROKER = {
     **REDIS_BROKER,
