@@ -61,6 +61,14 @@ def check_deployment(
     config, errors = conf.validate(conf.raw_setting())
     if errors:
         return []  # the static check reports them
+    return [*url_warnings(config), *_check_server(config)]
+
+
+def url_warnings(config: conf.BrokerConfig) -> list[CheckMessage]:
+    """Warn when the URL reaches a non-loopback host without a password or without TLS.
+
+    Pure: it reads the configuration only, so it is cheap to call and to test.
+    """
     messages: list[CheckMessage] = []
     parts = urlsplit(config.url)
     remote = parts.scheme != "unix" and not _is_loopback(parts.hostname)
@@ -82,7 +90,6 @@ def check_deployment(
                 id=W_NO_TLS,
             )
         )
-    messages.extend(_check_server(config))
     return messages
 
 

@@ -72,16 +72,24 @@ def client_kwargs(config: BrokerConfig) -> dict[str, Any]:
         "health_check_interval": config.health_check_interval,
         "client_name": "django-redis-broker",
     }
+    if config.url.startswith("unix:"):
+        del kwargs["socket_keepalive"]  # a TCP option; unix sockets reject it
     kwargs.update(config.options)
     kwargs["decode_responses"] = False  # wire.py decodes; binary-safe for foreign entries
     return kwargs
 
 
 def _retry(config: BrokerConfig, *, asyncio_: bool) -> Any:
+    """Retry dropped or refused connections, but never a timeout.
+
+    A timeout has already waited SOCKET_TIMEOUT; retrying it would make callers wait a
+    multiple of the configured limit. A reset or refused connection fails fast, and a
+    retry with backoff rides out a Redis restart or a failover.
+    """
     backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
     if asyncio_:
-        return redis.asyncio.retry.Retry(backoff, config.retries)
-    return Retry(backoff, config.retries)
+        return redis.asyncio.retry.Retry(backoff, config.retries, (redis.ConnectionError,))
+    return Retry(backoff, config.retries, (redis.ConnectionError,))
 
 
 def build_client(config: BrokerConfig) -> redis.Redis:

@@ -86,11 +86,23 @@ class RedisServer:
     running process and bring it back at the same address.
     """
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.port = port or free_port()
         self.binary = binary or find_redis_server()
+        self.extra_args = extra_args
         self._dir = tempfile.TemporaryDirectory(prefix="redis-broker-")
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def unix_socket(self) -> str:
+        """Return the path of the server's unix socket (it always listens on one too)."""
+        return str(Path(self._dir.name) / "redis.sock")
 
     @property
     def url(self) -> str:
@@ -110,6 +122,9 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", self._dir.name,
             "--daemonize", "no",
+            "--unixsocket", self.unix_socket,
+            "--unixsocketperm", "700",
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()

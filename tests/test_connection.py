@@ -1,0 +1,123 @@
+"""Connections: URL forms, ACL users, unix sockets, and failing fast when Redis is away."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from django.test import override_settings
+
+from redis_broker import BrokerUnavailable, broadcast, publish
+from redis_broker.connection import get_redis, mask_url
+from redis_broker.testing import RedisServer, free_port
+
+
+def test_mask_url_hides_only_the_password() -> None:
+    """Tests that URLs shown in errors and pages never contain the password."""
+    assert mask_url("redis://app:s3cret@cache:6380/2") == "redis://app:***@cache:6380/2"
+    assert mask_url("rediss://:s3cret@cache/0") == "rediss://:***@cache/0"
+    assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_closed_port_raises_broker_unavailable_quickly() -> None:
+    """Tests that publishing to a closed port fails fast with the masked URL, not a hang."""
+    url = f"redis://app:s3cret@127.0.0.1:{free_port()}/0"
+    with override_settings(REDIS_BROKER={"URL": url}):
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable) as info:
+            publish("orders", {"id": 1})
+        elapsed = time.monotonic() - started
+        with pytest.raises(BrokerUnavailable):
+            broadcast("chat.lobby", 1)
+    assert elapsed < 2.0
+    assert "redis://app:***@127.0.0.1" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung or half-open Redis)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+def test_silent_server_raises_within_the_socket_timeout(silent_server: int) -> None:
+    """Tests that a Redis that never answers costs at most about one SOCKET_TIMEOUT."""
+    settings = {
+        "URL": f"redis://127.0.0.1:{silent_server}/0",
+        "SOCKET_TIMEOUT": 0.5,
+        "CONSUMERS": {"BLOCK_MS": 100},
+    }
+    with override_settings(REDIS_BROKER=settings):
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="unavailable"):
+            publish("orders", {"id": 1})
+        elapsed = time.monotonic() - started
+    assert 0.4 <= elapsed < 1.5
+
+
+def test_acl_user_from_the_url_is_used(redis_client: redis.Redis, redis_broker_url: str) -> None:
+    """Tests that user:password@ in the URL logs in as that ACL user."""
+    redis_client.acl_setuser(
+        "publisher", enabled=True, passwords=["+pw1"], keys=["orders*"], commands=["+@all"]
+    )
+    try:
+        host = redis_broker_url.removeprefix("redis://")
+        with override_settings(REDIS_BROKER={"URL": f"redis://publisher:pw1@{host}"}):
+            publish("orders", 1)
+            assert get_redis().acl_whoami() in ("publisher", b"publisher")
+            with pytest.raises(redis.ResponseError, match="no permissions"):
+                publish("invoices", 1)  # the ACL limits this user to orders*
+        assert redis_client.xlen("orders") == 1
+    finally:
+        redis_client.acl_deluser("publisher")
+
+
+def test_wrong_password_is_reported_as_unavailable(redis_broker_url: str) -> None:
+    """Tests that a wrong ACL password surfaces as BrokerUnavailable saying why, password masked."""
+    host = redis_broker_url.removeprefix("redis://")
+    with (
+        override_settings(REDIS_BROKER={"URL": f"redis://nobody:wrong@{host}"}),
+        pytest.raises(BrokerUnavailable, match=r"nobody:\*\*\*@.*invalid username-password"),
+    ):
+        publish("orders", 1)
+
+
+def test_unix_socket_url_connects(redis_server_factory: Callable[[], RedisServer]) -> None:
+    """Tests that unix:// URLs reach Redis over its socket."""
+    server = redis_server_factory()
+    with override_settings(REDIS_BROKER={"URL": f"unix://{server.unix_socket}?db=0"}):
+        publish("orders", {"id": 1})
+    client = redis.Redis(unix_socket_path=server.unix_socket)
+    try:
+        assert client.xlen("orders") == 1
+    finally:
+        client.close()
+
+
+def test_options_are_passed_to_the_pool(redis_broker_url: str) -> None:
+    """Tests that OPTIONS reach redis-py (here: the client name Redis reports)."""
+    with override_settings(
+        REDIS_BROKER={"URL": redis_broker_url, "OPTIONS": {"client_name": "billing-web"}}
+    ):
+        client = get_redis()
+        client.ping()
+        assert client.client_getname() in ("billing-web", b"billing-web")
+
+
+def test_client_survives_a_redis_restart(redis_server_factory: Callable[[], RedisServer]) -> None:
+    """Tests that the pooled client reconnects after Redis restarts on the same port."""
+    server = redis_server_factory()
+    with override_settings(REDIS_BROKER={"URL": server.url}):
+        publish("orders", 1)
+        server.stop()
+        with pytest.raises(BrokerUnavailable):
+            publish("orders", 2)
+        server.start()
+        publish("orders", 3)
+        assert get_redis().xlen("orders") == 1  # the restarted Redis kept nothing

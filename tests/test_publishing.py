@@ -1,0 +1,188 @@
+"""Publishing: entries read back with plain redis-py, prefixes, trimming, round trips."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.test import override_settings
+
+from redis_broker import (
+    abroadcast,
+    apublish,
+    apublish_many,
+    broadcast,
+    publish,
+    publish_many,
+)
+from redis_broker.connection import aclose_async_redis
+from redis_broker.testing import wait_for
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the real socket writes of sync clients (a spy: the real method still runs)."""
+    calls: list[int] = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def spy(self: Any, command: Any, check_health: bool = True) -> None:
+        calls.append(1)
+        real(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
+    return calls
+
+
+def test_published_entry_is_readable_with_plain_redis_py(redis_client: redis.Redis) -> None:
+    """Tests that another service reading the stream with redis-py sees the contract's fields."""
+    entry_id = publish("orders", {"id": 1}, type="order.created", headers={"trace": "x"})
+    [(read_id, fields)] = redis_client.xrange("orders")
+    assert read_id == entry_id
+    assert fields["type"] == "order.created"
+    assert json.loads(fields["data"]) == {"id": 1}
+    assert json.loads(fields["headers"]) == {"trace": "x"}
+    assert len(fields["event_id"]) == 36
+    assert fields["published_at"].endswith("Z")
+
+
+def test_publish_many_keeps_order_and_uses_one_round_trip(
+    redis_client: redis.Redis, sends: list[int]
+) -> None:
+    """Tests that publish_many appends in order with a single write to the socket."""
+    publish("warmup", 0)  # opens the pooled connection first
+    sends.clear()
+    ids = publish_many("orders", [{"n": n} for n in range(50)], type="order.created")
+    assert len(sends) == 1
+    entries = redis_client.xrange("orders")
+    assert [e[0] for e in entries] == ids
+    assert [json.loads(f["data"])["n"] for _, f in entries] == list(range(50))
+    assert len({f["event_id"] for _, f in entries}) == 50
+
+
+def test_publish_many_of_nothing_sends_nothing(sends: list[int]) -> None:
+    """Tests that an empty batch returns no ids without talking to Redis."""
+    assert publish_many("orders", []) == []
+    assert sends == []
+
+
+def test_unencodable_payload_sends_nothing(redis_client: redis.Redis) -> None:
+    """Tests that a TypeError is raised before anything reaches the stream."""
+    with pytest.raises(TypeError, match="cannot be encoded"):
+        publish("orders", {"when": object()})
+    with pytest.raises(TypeError):
+        publish_many("orders", [{"ok": 1}, {"bad": {1, 2}}])
+    assert redis_client.exists("orders") == 0
+
+
+def test_key_prefix_applies_to_streams_and_channels(
+    redis_client: redis.Redis, redis_broker_url: str
+) -> None:
+    """Tests that KEY_PREFIX is prepended to stream keys and Pub/Sub channels."""
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("svc-a:chat.lobby")
+    wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscribe confirmation")
+    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "KEY_PREFIX": "svc-a:"}):
+        publish("orders", 1)
+        assert broadcast("chat.lobby", {"text": "hi"}) == 1
+    assert redis_client.xlen("svc-a:orders") == 1
+    assert redis_client.exists("orders") == 0
+    message = wait_for(lambda: pubsub.get_message(timeout=0.1), message="broadcast")
+    assert json.loads(message["data"])["data"] == {"text": "hi"}
+    pubsub.close()
+
+
+def test_streams_are_trimmed_approximately_to_maxlen(
+    redis_client: redis.Redis, redis_broker_url: str
+) -> None:
+    """Tests that STREAM_MAXLEN caps the stream (XADD MAXLEN ~) while publishing."""
+    redis_client.config_set("stream-node-max-entries", 10)
+    try:
+        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+            for chunk in range(20):
+                publish_many("events", [{"n": n} for n in range(chunk * 10, chunk * 10 + 10)])
+        length = redis_client.xlen("events")
+        assert 20 <= length <= 30
+        last = redis_client.xrevrange("events", count=1)[0][1]
+        assert json.loads(last["data"]) == {"n": 199}
+    finally:
+        redis_client.config_set("stream-node-max-entries", 100)
+
+
+def test_no_maxlen_keeps_every_entry(redis_client: redis.Redis, redis_broker_url: str) -> None:
+    """Tests that STREAM_MAXLEN None disables trimming."""
+    redis_client.config_set("stream-node-max-entries", 10)
+    try:
+        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": None}):
+            publish_many("events", list(range(300)))
+        assert redis_client.xlen("events") == 300
+    finally:
+        redis_client.config_set("stream-node-max-entries", 100)
+
+
+def test_broadcast_is_not_stored_and_counts_receivers(redis_client: redis.Redis) -> None:
+    """Tests that a plain channel message reaches subscribers and leaves no key behind."""
+    assert broadcast("chat.lobby", {"text": "nobody"}) == 0
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("chat.lobby")
+    wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscribe confirmation")
+    assert broadcast("chat.lobby", {"text": "hi"}, type="chat.message") == 1
+    message = wait_for(lambda: pubsub.get_message(timeout=0.1), message="broadcast")
+    body = json.loads(message["data"])
+    assert body["type"] == "chat.message"
+    assert body["data"] == {"text": "hi"}
+    assert "id" not in body
+    assert redis_client.keys("*") == []
+    pubsub.close()
+
+
+def test_durable_broadcast_is_stored_and_carries_its_entry_id(redis_client: redis.Redis) -> None:
+    """Tests that user.* messages are kept in a capped stream and the message names the entry."""
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("user.42")
+    wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscribe confirmation")
+    assert broadcast("user.42", {"note": "paid"}, type="notice") == 1
+    message = wait_for(lambda: pubsub.get_message(timeout=0.1), message="broadcast")
+    body = json.loads(message["data"])
+    [(entry_id, fields)] = redis_client.xrange("user.42")
+    assert body["id"] == entry_id
+    assert body["event_id"] == fields["event_id"]
+    assert json.loads(fields["data"]) == body["data"] == {"note": "paid"}
+    pubsub.close()
+
+
+def test_durable_channel_stream_is_capped(redis_client: redis.Redis, redis_broker_url: str) -> None:
+    """Tests that DURABLE_MAXLEN bounds the replay stream of a durable channel."""
+    redis_client.config_set("stream-node-max-entries", 5)
+    try:
+        settings = {"URL": redis_broker_url, "WEBSOCKET": {"DURABLE_MAXLEN": 10}}
+        with override_settings(REDIS_BROKER=settings):
+            for n in range(60):
+                broadcast("user.7", n)
+        assert 10 <= redis_client.xlen("user.7") <= 15
+    finally:
+        redis_client.config_set("stream-node-max-entries", 100)
+
+
+@pytest.fixture
+async def async_client_closed() -> Iterator[None]:
+    """Close the loop's async client after an async test, as an application should."""
+    yield
+    await aclose_async_redis()
+
+
+async def test_async_twins_write_the_same_format(
+    redis_client: redis.Redis, async_client_closed: None
+) -> None:
+    """Tests that apublish, apublish_many and abroadcast behave like their sync twins."""
+    entry_id = await apublish("orders", {"id": 1}, type="order.created")
+    ids = await apublish_many("orders", [{"id": 2}, {"id": 3}])
+    assert await abroadcast("user.5", {"x": 1}) == 0
+    assert await abroadcast("chat.x", {"x": 1}) == 0
+    entries = redis_client.xrange("orders")
+    assert [e[0] for e in entries] == [entry_id, *ids]
+    assert entries[0][1]["type"] == "order.created"
+    assert [json.loads(f["data"])["id"] for _, f in entries] == [1, 2, 3]
+    assert redis_client.xlen("user.5") == 1

@@ -1,0 +1,128 @@
+"""The wire format: what other languages read, encoded and decoded in one module."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import uuid
+
+import pytest
+
+from redis_broker import wire
+from redis_broker.exceptions import MalformedEntry
+
+
+def test_entry_fields_follow_the_contract() -> None:
+    """Tests that an entry has type, JSON data, a UUID4 event_id and an ISO UTC timestamp."""
+    fields = wire.encode_entry({"id": 1}, type="order.created")
+    assert set(fields) == {"type", "data", "event_id", "published_at"}
+    assert fields["type"] == "order.created"
+    assert json.loads(fields["data"]) == {"id": 1}
+    assert uuid.UUID(fields["event_id"]).version == 4
+    published = datetime.datetime.fromisoformat(fields["published_at"].replace("Z", "+00:00"))
+    assert published.utcoffset() == datetime.timedelta(0)
+
+
+def test_headers_field_is_present_only_when_given() -> None:
+    """Tests that headers are JSON object text, and absent when none were given."""
+    assert "headers" not in wire.encode_entry(1)
+    assert json.loads(wire.encode_entry(1, headers={"trace": "x"})["headers"]) == {"trace": "x"}
+
+
+def test_django_types_are_encoded() -> None:
+    """Tests that dates, Decimals and UUIDs are encoded with Django's JSON encoder."""
+    value = {
+        "when": datetime.date(2026, 1, 2),
+        "total": decimal.Decimal("9.90"),
+        "ref": uuid.UUID(int=1),
+    }
+    data = json.loads(wire.encode_entry(value)["data"])
+    assert data == {
+        "when": "2026-01-02",
+        "total": "9.90",
+        "ref": "00000000-0000-0000-0000-000000000001",
+    }
+
+
+def test_unencodable_payload_raises_type_error() -> None:
+    """Tests that a payload JSON cannot encode raises a clear TypeError."""
+    with pytest.raises(TypeError, match="cannot be encoded as JSON"):
+        wire.encode_entry({"obj": object()})
+
+
+def test_decode_reads_bytes_back() -> None:
+    """Tests that decode_entry parses what encode_entry wrote, as redis-py returns it."""
+    fields = wire.encode_entry([1, "é"], type="t", headers={"h": 1})
+    raw = {k.encode(): v.encode() for k, v in fields.items()}
+    decoded = wire.decode_entry(raw)
+    assert decoded.data == [1, "é"]
+    assert decoded.type == "t"
+    assert decoded.headers == {"h": 1}
+    assert decoded.event_id == fields["event_id"]
+
+
+def test_foreign_entry_with_only_data_is_accepted() -> None:
+    """Tests that another producer's entry needs only a JSON data field."""
+    decoded = wire.decode_entry({b"data": b'{"x": 1}'})
+    assert decoded.data == {"x": 1}
+    assert decoded.type == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({b"type": b"x"}, "no 'data'"),
+        ({b"data": b"{not json"}, "not JSON"),
+        ({b"data": b"1", b"headers": b"[1]"}, "not a JSON object"),
+        ({b"data": b"\xff\xfe"}, "not UTF-8"),
+    ],
+)
+def test_malformed_entries_raise_malformed_entry(raw: dict[bytes, bytes], reason: str) -> None:
+    """Tests that entries that are not ours raise MalformedEntry saying why."""
+    with pytest.raises(MalformedEntry, match=reason):
+        wire.decode_entry(raw)
+
+
+def test_dead_letter_fields_keep_the_original_and_requeue_restores_it() -> None:
+    """Tests that dead-letter fields add where/why/how often and requeue strips them again."""
+    fields = wire.encode_entry({"a": 1}, type="t")
+    dead = wire.dead_letter_fields(
+        fields, original_stream="orders", original_id="1-0", error="boom", delivery_count=5
+    )
+    assert dead["original_stream"] == "orders"
+    assert dead["original_id"] == "1-0"
+    assert dead["error"] == "boom"
+    assert dead["delivery_count"] == "5"
+    assert wire.requeue_fields(dead) == fields
+
+
+def test_pubsub_message_is_one_json_object() -> None:
+    """Tests that a Pub/Sub message is JSON with type, data, event_id and published_at."""
+    text = wire.encode_message({"text": "hi"}, type="chat")
+    body = json.loads(text)
+    assert set(body) == {"type", "data", "event_id", "published_at"}
+    decoded = wire.decode_message(text)
+    assert decoded.data == {"text": "hi"}
+    assert decoded.id is None
+
+
+def test_durable_message_parts_splice_into_valid_json() -> None:
+    """Tests that the two halves around the entry id form the documented JSON message."""
+    fields = wire.encode_entry({"n": 1}, type="note")
+    before, after = wire.durable_message_parts(fields)
+    body = json.loads(before + "1700000000000-0" + after)
+    assert body == {
+        "type": "note",
+        "data": {"n": 1},
+        "event_id": fields["event_id"],
+        "published_at": fields["published_at"],
+        "id": "1700000000000-0",
+    }
+
+
+def test_foreign_pubsub_json_is_wrapped_as_data() -> None:
+    """Tests that a plain JSON message from another publisher becomes untyped data."""
+    decoded = wire.decode_message(b'{"hello": "world"}')
+    assert decoded.data == {"hello": "world"}
+    assert decoded.event_id == ""
