@@ -1,0 +1,143 @@
+"""Benchmark: publish() and publish_many() against raw redis-py on the same work.
+
+Runs on a private redis-server (or REDIS_URL), in one process, and prints throughputs
+and the ratios ours/raw. "Raw" is what a team would hand-write to produce the same
+entries: json.dumps of the payload, a uuid4 and a timestamp, then XADD with the same
+approximate MAXLEN. A second raw figure (one pre-encoded field) shows the floor.
+
+    python bench/publish.py [--seconds 3] [--batch 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import django  # noqa: E402
+import redis  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items": [1, 2, 3]}
+MAXLEN = 100_000
+
+
+def configure(url: str) -> None:
+    settings.configure(
+        INSTALLED_APPS=["redis_broker"],
+        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": MAXLEN},
+        DATABASES={},
+    )
+    django.setup()
+
+
+def rate(fn: Callable[[], int], seconds: float) -> float:
+    """Return events per second of ``fn`` (which returns how many events it sent)."""
+    fn()  # warm up: connection, caches
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        done += fn()
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--batch", type=int, default=100, help="entries per publish_many")
+    args = parser.parse_args()
+
+    from redis_broker.testing import RedisServer
+
+    server = None
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        server = RedisServer()
+        url = server.start()
+    configure(url)
+    from redis_broker import publish, publish_many
+
+    raw = redis.Redis.from_url(url)
+    payload_text = json.dumps(PAYLOAD)
+    print(f"Redis {raw.info()['redis_version']} at {url}; payload {len(payload_text)} bytes")
+
+    def raw_fields() -> dict[str, str]:
+        return {
+            "type": "order.created",
+            "data": json.dumps(PAYLOAD),
+            "event_id": str(uuid.uuid4()),
+            "published_at": datetime.now(UTC).isoformat(),
+        }
+
+    def ours_one() -> int:
+        publish("bench.ours", PAYLOAD, type="order.created")
+        return 1
+
+    def raw_one() -> int:
+        raw.xadd("bench.raw", raw_fields(), maxlen=MAXLEN, approximate=True)
+        return 1
+
+    def raw_one_floor() -> int:
+        raw.xadd("bench.floor", {"data": payload_text}, maxlen=MAXLEN, approximate=True)
+        return 1
+
+    batch = [PAYLOAD] * args.batch
+
+    def ours_many() -> int:
+        publish_many("bench.ours", batch, type="order.created")
+        return args.batch
+
+    def raw_many() -> int:
+        pipe = raw.pipeline(transaction=False)
+        for _ in range(args.batch):
+            pipe.xadd("bench.raw", raw_fields(), maxlen=MAXLEN, approximate=True)
+        pipe.execute()
+        return args.batch
+
+    def raw_many_floor() -> int:
+        pipe = raw.pipeline(transaction=False)
+        for _ in range(args.batch):
+            pipe.xadd("bench.floor", {"data": payload_text}, maxlen=MAXLEN, approximate=True)
+        pipe.execute()
+        return args.batch
+
+    # Interleave ours and raw twice so drift on a busy machine hits both alike.
+    results: dict[str, list[float]] = {}
+    for _ in range(2):
+        for name, fn in [
+            ("publish()", ours_one),
+            ("raw xadd", raw_one),
+            ("raw xadd, one pre-encoded field", raw_one_floor),
+            (f"publish_many() x{args.batch}", ours_many),
+            (f"raw pipeline x{args.batch}", raw_many),
+            (f"raw pipeline x{args.batch}, one pre-encoded field", raw_many_floor),
+        ]:
+            results.setdefault(name, []).append(rate(fn, args.seconds / 2))
+    best = {name: max(values) for name, values in results.items()}
+    width = max(map(len, best))
+    for name, value in best.items():
+        print(f"  {name:<{width}}  {value:>10,.0f} entries/s")
+    one = best["publish()"] / best["raw xadd"]
+    many = best[f"publish_many() x{args.batch}"] / best[f"raw pipeline x{args.batch}"]
+    print(f"ratio publish()/raw xadd:               {one:.2f}  (target >= 0.85)")
+    print(f"ratio publish_many()/raw pipeline:      {many:.2f}  (target >= 0.85)")
+    print(
+        "ratio publish_many()/pre-encoded floor:  "
+        f"{best[f'publish_many() x{args.batch}'] / best[f'raw pipeline x{args.batch}, one pre-encoded field']:.2f}"
+    )
+    raw.close()
+    if server is not None:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
