@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import django  # noqa: E402
-import redis  # noqa: E402
-from django.conf import settings  # noqa: E402
+import django
+import redis
+from django.conf import settings
 
 PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items": [1, 2, 3]}
 MAXLEN = 100_000
@@ -130,10 +130,9 @@ def main() -> None:
     many = best[f"publish_many() x{args.batch}"] / best[f"raw pipeline x{args.batch}"]
     print(f"ratio publish()/raw xadd:               {one:.2f}  (target >= 0.85)")
     print(f"ratio publish_many()/raw pipeline:      {many:.2f}  (target >= 0.85)")
-    print(
-        "ratio publish_many()/pre-encoded floor:  "
-        f"{best[f'publish_many() x{args.batch}'] / best[f'raw pipeline x{args.batch}, one pre-encoded field']:.2f}"
-    )
+    floor = best[f"raw pipeline x{args.batch}, one pre-encoded field"]
+    floor_ratio = best[f"publish_many() x{args.batch}"] / floor
+    print(f"ratio publish_many()/pre-encoded floor:  {floor_ratio:.2f}  (4 fields vs 1)")
     raw.close()
     if server is not None:
         server.close()
