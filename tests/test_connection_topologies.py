@@ -1,0 +1,146 @@
+"""TLS and Sentinel, each against a real redis-server started for the test."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.test import override_settings
+
+from redis_broker import publish
+from redis_broker.testing import RedisServer, free_port, wait_for
+
+
+def write_self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """Write a self-signed certificate for 127.0.0.1 and its key; return their paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "redis.crt", folder / "redis.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """Start a redis-server that speaks only TLS; yield its port and CA certificate."""
+    pytest.importorskip("cryptography")
+    cert, key = write_self_signed_cert(tmp_path)
+    port = free_port()
+    server = RedisServer(
+        extra_args=(
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+        )  # fmt: skip
+    )
+    try:
+        server.start()
+    except RuntimeError:
+        server.close()
+        pytest.skip("this redis-server was built without TLS")
+    yield port, cert
+    server.close()
+
+
+def test_rediss_url_with_tls_options_publishes(tls_server: tuple[int, Path]) -> None:
+    """Tests that rediss:// plus OPTIONS (CA certificate) reaches a TLS-only Redis."""
+    port, ca = tls_server
+    settings = {"URL": f"rediss://127.0.0.1:{port}/0", "OPTIONS": {"ssl_ca_certs": str(ca)}}
+    with override_settings(REDIS_BROKER=settings):
+        publish("orders", {"id": 1})
+    client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca))
+    try:
+        assert client.xlen("orders") == 1
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def sentinel(
+    tmp_path: Path, redis_server_factory: Callable[[], RedisServer]
+) -> Iterator[tuple[int, RedisServer]]:
+    """Start a master and a real Sentinel monitoring it as "mymaster"."""
+    master = redis_server_factory()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+    )
+    process = subprocess.Popen(
+        [master.binary, str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    probe = redis.Redis(port=port, socket_connect_timeout=0.5)
+
+    def knows_master() -> bool:
+        try:
+            return bool(probe.sentinel_get_master_addr_by_name("mymaster"))
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(knows_master, message="sentinel knows mymaster")
+        yield port, master
+    finally:
+        probe.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_sentinel_settings_find_the_master(sentinel: tuple[int, RedisServer]) -> None:
+    """Tests that SENTINELS + SENTINEL_SERVICE publish to the master Sentinel names."""
+    port, master = sentinel
+    settings = {
+        "URL": "redis://localhost/0",
+        "SENTINELS": [("127.0.0.1", port)],
+        "SENTINEL_SERVICE": "mymaster",
+    }
+    with override_settings(REDIS_BROKER=settings):
+        publish("orders", {"id": 1})
+    client = redis.Redis.from_url(master.url)
+    try:
+        assert client.xlen("orders") == 1
+    finally:
+        client.close()
