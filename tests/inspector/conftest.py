@@ -1,0 +1,111 @@
+"""Fixtures of the admin inspector tests: users with given permissions, and a seeded Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
+from redis_broker import wire
+
+STREAM = "orders"
+GROUP = "billing"
+DLQ = "orders:dlq"
+
+
+@pytest.fixture
+def user_client(db: Any) -> Callable[..., Client]:
+    """Return a factory of logged-in clients for staff users with the given codenames."""
+
+    def make(*codenames: str, staff: bool = True) -> Client:
+        user = User.objects.create_user(f"u{User.objects.count()}", password="x", is_staff=staff)
+        if codenames:
+            user.user_permissions.set(
+                Permission.objects.filter(
+                    content_type__app_label="redis_broker", codename__in=codenames
+                )
+            )
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def viewer(user_client: Callable[..., Client]) -> Client:
+    """Return a client of a staff user who may view the inspector but not act."""
+    return user_client("view_broker")
+
+
+@pytest.fixture
+def operator(user_client: Callable[..., Client]) -> Client:
+    """Return a client of a staff user with view_broker and change_broker (not superuser)."""
+    return user_client("view_broker", "change_broker")
+
+
+@dataclass
+class Seeded:
+    """What the ``seeded`` fixture put in Redis."""
+
+    ids: list[str]  # entries of STREAM, oldest first
+    pending: list[str]  # ids pending in GROUP (delivered to consumer "c1")
+    dead: list[str]  # ids of DLQ entries, oldest first
+    dead_event_ids: list[str]  # their event_id fields
+
+
+@pytest.fixture
+def seeded(redis_client: redis.Redis) -> Seeded:
+    """Fill Redis: 10 entries in ``orders``, 4 pending in ``billing``, 2 dead letters."""
+    ids = [
+        redis_client.xadd(STREAM, wire.encode_entry({"n": n}, type="order.created"))
+        for n in range(10)
+    ]
+    redis_client.xgroup_create(STREAM, GROUP, id="0")
+    delivered = redis_client.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=4)
+    pending = [entry_id for entry_id, _ in delivered[0][1]]
+    dead = []
+    event_ids = []
+    for n, original in enumerate(ids[:2]):
+        fields = wire.encode_entry({"n": n, "dead": True}, type="order.created")
+        event_ids.append(fields[wire.EVENT_ID])
+        dead.append(
+            redis_client.xadd(
+                DLQ,
+                wire.dead_letter_fields(
+                    fields,
+                    original_stream=STREAM,
+                    original_id=original,
+                    error=f"ValueError: boom {n}",
+                    delivery_count=5,
+                ),
+            )
+        )
+    return Seeded(ids=ids, pending=pending, dead=dead, dead_event_ids=event_ids)
+
+
+def snapshot(client: redis.Redis) -> dict[str, Any]:
+    """Return everything the inspector's actions could change, for before/after equality."""
+    state: dict[str, Any] = {}
+    for key in sorted(client.scan_iter(_type="stream")):
+        groups = client.xinfo_groups(key)
+        state[key] = {
+            "entries": client.xrange(key),
+            "groups": {
+                g["name"]: {
+                    "last": g["last-delivered-id"],
+                    "pending": [
+                        (p["message_id"], p["consumer"], p["times_delivered"])
+                        for p in client.xpending_range(key, g["name"], "-", "+", 1000)
+                    ],
+                    "consumers": sorted(c["name"] for c in client.xinfo_consumers(key, g["name"])),
+                }
+                for g in groups
+            },
+        }
+    return state
