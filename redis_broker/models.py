@@ -23,6 +23,9 @@ class OutboxEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # The relay reads each stream's oldest row, and every commit asks whether its
+        # streams have rows waiting: both walk this index.
+        indexes = [models.Index(fields=["stream", "id"], name="redis_broker_outbox_stream")]
         verbose_name = "outbox event"
         verbose_name_plural = "outbox events"
 

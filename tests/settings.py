@@ -21,6 +21,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 REDIS_BROKER = {
     **REDIS_BROKER,
     "CONSUMERS": {"STATUS_INTERVAL": 1.0},
+    # The demo's model events plus those of tests/model_events (tests override stream,
+    # fields and delivery).
+    "MODEL_EVENTS": {
+        **REDIS_BROKER.get("MODEL_EVENTS", {}),
+        "testapp.Order": {"stream": "shop.orders"},
+        "testapp.Invoice": {"stream": "billing.invoices", "delivery": "outbox"},
+        "testapp.Note": {"fields": ["title"], "actions": ["created", "deleted"]},
+    },
+    "OUTBOX": {"POLL_MS": 50},
 }
 
 LOGGING = {

@@ -1,0 +1,157 @@
+"""Benchmark: the cost of model events on saves, in one run.
+
+Times one transaction of 1,000 ``Tick.objects.create()`` calls (a small model: two
+fields), commit included, three ways: no events configured, ``on_commit`` delivery
+(events buffered, one pipelined XADD round trip at commit) and ``outbox`` delivery (an
+outbox row written beside every save). Private redis-server (or REDIS_URL), SQLite in a
+temporary file (or ``--database-url``, an empty scratch database). Rounds are
+interleaved and the best round of each mode is kept (as timeit does: the one least
+disturbed by other processes); prints the ratios events/no events (targets: on_commit
+<= 1.3, outbox <= 1.6).
+
+    python bench/model_events.py [--saves 1000] [--rounds 11] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import django
+from django.conf import settings
+
+TARGETS = {"on_commit": 1.3, "outbox": 1.6}
+
+
+def configure(url: str, database: dict[str, object]) -> None:
+    settings.configure(
+        INSTALLED_APPS=["redis_broker", "tests.testapp"],
+        DATABASES={"default": database},
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        USE_TZ=True,
+        REDIS_BROKER={"URL": url},
+    )
+    django.setup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--saves", type=int, default=1000, help="saves per transaction")
+    parser.add_argument("--rounds", type=int, default=11, help="interleaved rounds per mode")
+    parser.add_argument(
+        "--database-url",
+        help="an empty scratch database to use instead of SQLite (its tables are created)",
+    )
+    args = parser.parse_args()
+
+    from redis_broker.testing import RedisServer
+
+    server = None
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        server = RedisServer()
+        url = server.start()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-model-events-")
+    try:
+        if args.database_url:
+            import environ
+
+            database = environ.Env.db_url_config(args.database_url)
+        else:
+            sqlite = str(Path(tmp.name) / "bench.sqlite3")
+            database = {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite}
+        configure(url, database)
+        run(url, args.saves, args.rounds)
+    finally:
+        tmp.cleanup()
+        if server is not None:
+            server.close()
+
+
+def run(url: str, saves: int, rounds: int) -> None:
+    from django.core.management import call_command
+    from django.db import transaction
+    from django.test import override_settings
+
+    from redis_broker.connection import get_redis
+    from redis_broker.models import OutboxEvent
+    from tests.testapp.models import Tick
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+
+    def clean() -> None:
+        Tick.objects.all().delete()
+        OutboxEvent.objects.all().delete()
+        get_redis().delete("testapp.tick")
+
+    def one_transaction() -> float:
+        started = time.perf_counter()
+        with transaction.atomic():
+            for i in range(saves):
+                Tick.objects.create(name=f"tick {i}", value=i)
+        return time.perf_counter() - started
+
+    def with_events(delivery: str) -> Callable[[], float]:
+        def timed() -> float:
+            spec = {"testapp.Tick": {"delivery": delivery}}
+            clean()
+            with override_settings(REDIS_BROKER={"URL": url, "MODEL_EVENTS": spec}):
+                get_redis().ping()  # the override dropped the client; reconnect untimed
+                elapsed = one_transaction()
+                published = get_redis().xlen("testapp.tick")
+                stored = OutboxEvent.objects.count()
+            # Receivers stay connected but do nothing once the model is unconfigured;
+            # the baseline must not pay even that, so it runs first in each round.
+            expected = (saves, 0) if delivery == "on_commit" else (0, saves)
+            assert (published, stored) == expected, (delivery, published, stored)
+            return elapsed
+
+        return timed
+
+    modes: dict[str, Callable[[], float]] = {
+        "none": lambda: (clean(), one_transaction())[1],
+        "on_commit": with_events("on_commit"),
+        "outbox": with_events("outbox"),
+    }
+    for fn in modes.values():
+        fn()  # warm up: connections, caches, SQLite pages
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    from django.db.models.signals import post_save
+
+    for _ in range(rounds):
+        # Measure the baseline with no receiver connected at all.
+        connected = list(post_save.receivers)
+        post_save.receivers = [r for r in connected if "redis_broker" not in str(r[0])]
+        post_save.sender_receivers_cache.clear()
+        times["none"].append(modes["none"]())
+        post_save.receivers = connected
+        post_save.sender_receivers_cache.clear()
+        for name in ("on_commit", "outbox"):
+            times[name].append(modes[name]())
+
+    base = min(times["none"])
+    from django.db import connection
+
+    vendor = connection.vendor
+    print(f"{saves} saves of a small model in one transaction ({vendor}, commit included)")
+    print(f"  no events : {base * 1000:8.1f} ms  ({saves / base:,.0f} saves/s)")
+    for name in ("on_commit", "outbox"):
+        t = min(times[name])
+        ratio = t / base
+        verdict = "ok" if ratio <= TARGETS[name] else "ABOVE TARGET"
+        print(
+            f"  {name:<10}: {t * 1000:8.1f} ms  ({saves / t:,.0f} saves/s)  "
+            f"+{(t - base) / saves * 1e6:.0f} us/event  "
+            f"ratio {ratio:.2f} (target <= {TARGETS[name]}) {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()

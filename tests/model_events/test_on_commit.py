@@ -1,0 +1,282 @@
+"""Model events with ``on_commit`` delivery: what is published, and when.
+
+These tests use ``django_db(transaction=True)``: the events are published by
+``transaction.on_commit`` callbacks, which only run when a real transaction commits
+(the default test wrapper rolls back and never commits).
+"""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+
+import pytest
+import redis
+from django.db import IntegrityError, transaction
+from django.db.models.signals import post_save
+
+from redis_broker import publish_model_event
+from redis_broker.model_events import connect_receivers
+from tests.testapp.models import Customer, Note, Order
+
+from .conftest import model_events, read_stream
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_create_publishes_created_event_only_after_commit(redis_client: redis.Redis) -> None:
+    """Tests that a create publishes the contract's type and data, and nothing before commit."""
+    placed = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    customer = Customer.objects.create(name="Ada")
+    with transaction.atomic():
+        order = Order.objects.create(
+            customer=customer, status="new", total=Decimal("12.50"), placed_at=placed
+        )
+        assert redis_client.xlen("shop.orders") == 0
+    [entry] = read_stream(redis_client, "shop.orders")
+    assert entry.type == "testapp.order.created"
+    assert entry.data == {
+        "pk": order.pk,
+        "fields": {
+            "id": order.pk,
+            "customer": customer.pk,
+            "status": "new",
+            "total": "12.50",
+            "placed_at": "2026-01-02T03:04:05Z",
+        },
+    }
+
+
+def test_update_publishes_updated_event_with_new_values(redis_client: redis.Redis) -> None:
+    """Tests that saving an existing row publishes ``updated`` with the saved values."""
+    order = Order.objects.create(status="new")
+    with transaction.atomic():
+        order.status = "paid"
+        order.save()
+        assert redis_client.xlen("shop.orders") == 1
+    entries = read_stream(redis_client, "shop.orders")
+    assert [e.type for e in entries] == ["testapp.order.created", "testapp.order.updated"]
+    assert entries[1].data["fields"]["status"] == "paid"
+
+
+def test_delete_publishes_last_known_values(redis_client: redis.Redis) -> None:
+    """Tests that a delete carries the primary key and the values the row had."""
+    order = Order.objects.create(status="shipped", total=Decimal("3.00"))
+    pk = order.pk
+    with transaction.atomic():
+        order.delete()
+        assert redis_client.xlen("shop.orders") == 1
+    deleted = read_stream(redis_client, "shop.orders")[-1]
+    assert deleted.type == "testapp.order.deleted"
+    assert deleted.data["pk"] == pk
+    assert deleted.data["fields"]["status"] == "shipped"
+    assert deleted.data["fields"]["total"] == "3.00"
+
+
+def test_save_in_autocommit_publishes_at_once(redis_client: redis.Redis) -> None:
+    """Tests that outside any transaction the event is on the stream when save() returns."""
+    Order.objects.create(status="new")
+    assert [e.type for e in read_stream(redis_client, "shop.orders")] == ["testapp.order.created"]
+
+
+def test_transaction_publishes_its_events_in_order_in_one_round_trip(
+    redis_client: redis.Redis, publish_calls: list[int]
+) -> None:
+    """Tests that a transaction's events go out together, in the order they happened."""
+    with transaction.atomic():
+        first = Order.objects.create(status="a")
+        second = Order.objects.create(status="b")
+        first.status = "c"
+        first.save()
+        second.delete()
+    assert publish_calls == [4]
+    got = [(e.type, e.data["fields"]["status"]) for e in read_stream(redis_client, "shop.orders")]
+    assert got == [
+        ("testapp.order.created", "a"),
+        ("testapp.order.created", "b"),
+        ("testapp.order.updated", "c"),
+        ("testapp.order.deleted", "b"),
+    ]
+
+
+def test_rolled_back_transaction_publishes_nothing(redis_client: redis.Redis) -> None:
+    """Tests that an exception leaving atomic() rolls back the change and its event."""
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Order.objects.create(status="phantom")
+        raise RuntimeError("abort")
+    with transaction.atomic():
+        Order.objects.create(status="real")
+    assert [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")] == [
+        "real"
+    ]
+
+
+def test_set_rollback_publishes_nothing(redis_client: redis.Redis) -> None:
+    """Tests that transaction.set_rollback(True) drops the transaction's events."""
+    with transaction.atomic():
+        Order.objects.create(status="phantom")
+        transaction.set_rollback(True)
+    assert redis_client.xlen("shop.orders") == 0
+
+
+def test_rolled_back_savepoint_publishes_only_surviving_events(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests that work undone by a savepoint rollback publishes nothing; the rest does."""
+    with transaction.atomic():
+        Order.objects.create(status="before")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Order.objects.create(status="undone")
+            raise RuntimeError("abort the savepoint")
+        Order.objects.create(status="after")
+        assert redis_client.xlen("shop.orders") == 0
+    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
+    assert statuses == ["before", "after"]
+
+
+def test_released_savepoint_undone_by_its_parent_publishes_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests that a savepoint released inside one that is then rolled back publishes nothing."""
+    with transaction.atomic():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Order.objects.create(status="outer-undone")
+            with transaction.atomic():
+                Order.objects.create(status="inner-undone")
+            Order.objects.create(status="outer-undone-2")
+            raise RuntimeError("abort the outer savepoint")
+        Order.objects.create(status="kept")
+    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
+    assert statuses == ["kept"]
+
+
+def test_savepoint_rolled_back_after_the_last_save_publishes_nothing_from_it(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests that a rollback after the transaction's last save still drops that save's event."""
+    with transaction.atomic():
+        Order.objects.create(status="kept")
+        with transaction.atomic():
+            Order.objects.create(status="undone")
+            transaction.set_rollback(True)
+    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
+    assert statuses == ["kept"]
+
+
+def test_get_or_create_in_a_loop_publishes_in_one_round_trip(
+    redis_client: redis.Redis, publish_calls: list[int]
+) -> None:
+    """Tests that events from released savepoints (get_or_create) join one publish at commit."""
+    Order.objects.create(status="s3")
+    publish_calls.clear()
+    with transaction.atomic():
+        for i in range(5):
+            Order.objects.get_or_create(status=f"s{i}")
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Order.objects.create(status="bad", customer_id=999_999)
+            Customer.objects.create(id=1, name="x")
+            Customer.objects.create(id=1, name="duplicate")
+    assert publish_calls == [4]
+    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
+    assert statuses == ["s3", "s0", "s1", "s2", "s4"]
+
+
+def test_fields_setting_limits_the_payload(redis_client: redis.Redis) -> None:
+    """Tests that only the listed fields are sent; a foreign key may be named by attname."""
+    customer = Customer.objects.create(name="Bo")
+    spec = {"stream": "shop.orders", "fields": ["status", "customer_id"]}
+    with model_events(testapp__Order=spec):
+        order = Order.objects.create(customer=customer, status="new")
+    [entry] = read_stream(redis_client, "shop.orders")
+    assert entry.data == {"pk": order.pk, "fields": {"status": "new", "customer_id": customer.pk}}
+
+
+def test_actions_setting_filters_events(redis_client: redis.Redis) -> None:
+    """Tests that actions left out of ``actions`` publish nothing (Note: created, deleted)."""
+    note = Note.objects.create(title="t", body="hidden")
+    note.title = "renamed"
+    note.save()
+    note.delete()
+    entries = read_stream(redis_client, "testapp.note")
+    assert [e.type for e in entries] == ["testapp.note.created", "testapp.note.deleted"]
+    assert entries[0].data["fields"] == {"title": "t"}
+    assert entries[1].data["fields"] == {"title": "renamed"}
+
+
+def test_model_removed_from_settings_stops_publishing(redis_client: redis.Redis) -> None:
+    """Tests that receivers read the current settings, so removing a model silences it."""
+    with model_events(testapp__Order=None), transaction.atomic():
+        pass
+    from django.conf import settings
+
+    from .conftest import broker_settings
+
+    remaining = {
+        k: v for k, v in settings.REDIS_BROKER["MODEL_EVENTS"].items() if k != "testapp.Order"
+    }
+    with broker_settings(MODEL_EVENTS=remaining):
+        Order.objects.create(status="quiet")
+    assert redis_client.xlen("shop.orders") == 0
+
+
+def test_connect_receivers_is_idempotent(redis_client: redis.Redis) -> None:
+    """Tests that connecting twice (ready() runs again) still publishes each event once."""
+    connect_receivers()
+    connect_receivers()
+    assert post_save.has_listeners(Order)
+    Order.objects.create(status="once")
+    assert redis_client.xlen("shop.orders") == 1
+
+
+def test_raw_save_from_fixtures_publishes_nothing(redis_client: redis.Redis) -> None:
+    """Tests that loaddata's raw saves (post_save with raw=True) publish nothing."""
+    Order(status="fixture").save_base(raw=True)
+    assert Order.objects.filter(status="fixture").exists()
+    assert redis_client.xlen("shop.orders") == 0
+
+
+def test_publish_model_event_covers_bulk_create(redis_client: redis.Redis) -> None:
+    """Tests that bulk_create fires no signal and publish_model_event fills the gap on commit."""
+    with transaction.atomic():
+        orders = Order.objects.bulk_create([Order(status="x"), Order(status="y")])
+        assert redis_client.xlen("shop.orders") == 0
+        for order in orders:
+            publish_model_event(order, "created")
+        assert redis_client.xlen("shop.orders") == 0
+    entries = read_stream(redis_client, "shop.orders")
+    assert [(e.type, e.data["pk"]) for e in entries] == [
+        ("testapp.order.created", orders[0].pk),
+        ("testapp.order.created", orders[1].pk),
+    ]
+
+
+def test_queryset_delete_publishes_an_event_per_row(redis_client: redis.Redis) -> None:
+    """Tests the README's claim: QuerySet.delete() sends post_delete for each row."""
+    Order.objects.bulk_create([Order(status="x"), Order(status="y")])
+    Order.objects.all().delete()
+    assert [e.type for e in read_stream(redis_client, "shop.orders")] == [
+        "testapp.order.deleted",
+        "testapp.order.deleted",
+    ]
+
+
+def test_publish_model_event_rejects_unknown_action_and_unconfigured_model() -> None:
+    """Tests that publish_model_event names the mistake instead of publishing nothing."""
+    order = Order.objects.create(status="x")
+    with pytest.raises(ValueError, match="'archived' is not a model event action"):
+        publish_model_event(order, "archived")
+    with pytest.raises(ValueError, match="testapp.Customer is not in"):
+        publish_model_event(Customer.objects.create(name="c"), "created")
+
+
+def test_cascade_delete_publishes_deleted_events_for_related_rows(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests the README's claim: rows deleted by an ON DELETE CASCADE publish their events."""
+    customer = Customer.objects.create(name="Cy")
+    customer_pk = customer.pk
+    Order.objects.create(customer=customer, status="a")
+    customer.delete()
+    entries = read_stream(redis_client, "shop.orders")
+    assert [e.type for e in entries] == ["testapp.order.created", "testapp.order.deleted"]
+    assert entries[1].data["fields"]["customer"] == customer_pk
