@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from time import time_ns
 from typing import Any
 from uuid import UUID
 
@@ -182,31 +180,10 @@ def encode_event(spec: ModelEventSettings, instance: models.Model, action: str) 
     fields = wire.encode_entry(
         {"pk": instance.pk, "fields": values},
         type=f"{instance._meta.label_lower}.{action}",
-        event_id=_event_id(),
-        published_at=_published_at(),
+        event_id=wire.new_event_id(),
+        published_at=wire.now_iso(),
     )
     return spec.stream, fields
-
-
-# A save costs tens of microseconds; building a uuid.UUID and a datetime per event
-# would add a tenth to that, so ids and timestamps take shortcuts that give the same text.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-_clock: tuple[int, str] = (-1, "")
-
-
-def _event_id() -> str:
-    """Return a random UUID4 as text (what ``wire.new_event_id()`` returns, faster)."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-def _published_at() -> str:
-    """Return ``wire.now_iso()``, formatted at most once per millisecond."""
-    global _clock
-    millis = time_ns() // 1_000_000
-    if _clock[0] != millis:
-        _clock = (millis, wire.now_iso())
-    return _clock[1]
 
 
 # --- Recording and delivery --------------------------------------------------------
