@@ -81,9 +81,11 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
 # The browser relay's control messages (disconnect_user) travel over the Channels layer.
+# The Pub/Sub layer keeps one Redis connection per process however many sockets are open;
+# the core layer's pool grows with concurrent group_add calls (one per socket).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": "demo-asgi"},
     }
 }
@@ -92,6 +94,11 @@ REDIS_BROKER = {
     "URL": REDIS_URL,
     "KEY_PREFIX": "",
     "CONSUMERS": {"STATUS_INTERVAL": 10.0},
+    # Ticket changes go to a stream; demo_site/demo/consumers.py turns them into
+    # notifications on the owner's user.<pk> channel.
+    "MODEL_EVENTS": {
+        "demo.Ticket": {"stream": "demo.tickets", "fields": ["owner", "title", "status"]},
+    },
     "WEBSOCKET": {
         "PUBLIC_CHANNELS": ["chat.*"],
         "BROWSER_PUBLISH_CHANNELS": ["chat.*"],

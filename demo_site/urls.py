@@ -2,13 +2,21 @@
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.contrib.staticfiles.views import serve
+from django.urls import path, re_path
 
 from demo_site.demo import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("chat/<str:room>/", views.chat, name="chat"),
+    path("tickets/", views.tickets, name="tickets"),
+    path("tickets/new/", views.create_ticket, name="create_ticket"),
+    path("tickets/<int:pk>/", views.update_ticket, name="update_ticket"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # The demo runs under plain daphne, which serves no static files; a real site lets
+    # its web server or WhiteNoise do this.
+    re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),
 ]

@@ -7,7 +7,10 @@ named by ``REDIS_BROKER["WEBSOCKET"]["AUTHORIZER"]``; ``action`` is ``"subscribe
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
+
+from channels.db import database_sync_to_async
 
 from .conf import get_config
 from .naming import is_valid_channel, matches_any
@@ -33,3 +36,24 @@ def default_authorizer(user: Any, channel: str, action: str) -> bool:
     if action == PUBLISH:
         return matches_any(websocket.browser_publish_channels, channel)
     return False
+
+
+async def authorize(user: Any, channel: str, action: str) -> bool:
+    """Ask the configured ``AUTHORIZER`` whether ``user`` may ``action`` on ``channel``.
+
+    Async authorizers are awaited. Sync ones run in a worker thread (they may use the
+    ORM), except the default policy, which only reads settings and is called inline.
+    A falsy answer is a refusal, and so is an invalid channel name.
+    """
+    if not is_valid_channel(channel):
+        return False
+    authorizer = get_config().websocket.authorizer
+    if authorizer is default_authorizer:
+        return bool(default_authorizer(user, channel, action))
+    if inspect.iscoroutinefunction(authorizer):
+        result = await authorizer(user, channel, action)
+    else:
+        result = await database_sync_to_async(authorizer)(user, channel, action)
+        if inspect.isawaitable(result):
+            result = await result
+    return bool(result)

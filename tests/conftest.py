@@ -31,22 +31,30 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Return a headless Debian Chromium driven by Playwright (skips when it is missing).
+    """Return a headless Debian Chromium driven by Playwright, for one test module.
 
-    Playwright never downloads a browser here: it drives /usr/bin/chromium.
+    Playwright never downloads a browser here: it drives /usr/bin/chromium (skipped when
+    missing). Module scope, not session: Playwright's sync API keeps an event loop running
+    in the main thread while it lives, and later tests that run their own loop would fail.
     """
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (make test installs it as root)")
-    # Playwright's sync API runs an event loop in this thread; Django's ORM refuses
-    # to run beside one unless told the loop is not serving requests here.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
+    # The ORM refuses to run beside a running loop unless told it does not serve requests.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+            )
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous

@@ -1,12 +1,269 @@
-"""The WebSocket consumer of the browser relay (being built in issue 5)."""
+"""The WebSocket consumer of the browser relay: it translates frames and nothing more.
+
+Policy lives in the ``AUTHORIZER``; Pub/Sub lives in :mod:`redis_broker.relay.hub`;
+Origin and session checks are ASGI wrappers in the project's ``asgi.py``.
+
+Client frames (JSON text)::
+
+    {"action": "subscribe", "channel": "chat.lobby"}
+    {"action": "subscribe", "channel": "user.42", "since": "1700000000000-0"}
+    {"action": "unsubscribe", "channel": "chat.lobby"}
+    {"action": "publish", "channel": "chat.lobby", "data": {...}}
+
+Server frames: ``subscribed``, ``unsubscribed``, ``message``, ``gap`` and ``error`` (with
+``code`` one of ``bad_request``, ``forbidden``, ``too_large``, ``rate_limited``,
+``unavailable``). An error frame never closes the socket.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, cast
+
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from .. import wire
+from ..authorization import PUBLISH, SUBSCRIBE, authorize
+from ..conf import WebsocketSettings, get_config
+from ..exceptions import BrokerUnavailable
+from ..naming import is_valid_channel
+from ..publishing import abroadcast
+from .hub import Subscription, get_hub, is_entry_id
+
+logger = logging.getLogger("redis_broker.relay")
+
+#: Close code when a socket's send queue overflowed (the browser cannot keep up).
+CLOSE_TOO_SLOW = 4008
+#: Close code when the user's access was revoked (logout, ``disconnect_user``).
+CLOSE_REVOKED = 4001
+#: Channels one socket may hold at once; each costs the hub a Redis subscription.
+MAX_SUBSCRIPTIONS = 100
+
+BAD_REQUEST = "bad_request"
+FORBIDDEN = "forbidden"
+TOO_LARGE = "too_large"
+RATE_LIMITED = "rate_limited"
+UNAVAILABLE = "unavailable"
+
+
+def user_group(pk: Any) -> str:
+    """Return the Channels group that holds every socket of the user with ``pk``."""
+    return f"redis_broker.user.{pk}"
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log a socket task that died of anything but cancellation (never silently)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("A relay socket task failed", exc_info=task.exception())
+
+
+class _TokenBucket:
+    """Allow ``rate`` events per second on average, in bursts of at most ``rate``."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
-    """Relay Pub/Sub channels to one browser tab; closes every socket until issue 5 lands."""
+    """Relay Pub/Sub channels to one browser tab, and the tab's publishes to Redis.
+
+    Frames to the browser go through a bounded queue drained by one sender task, so
+    the hub never waits on a slow socket; a socket whose queue overflows is closed
+    with code 4008.
+    """
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """Join the user's revocation group before accepting (see ``disconnect_user``)."""
+        user = self.scope.get("user")
+        if (
+            self.channel_layer is not None
+            and user is not None
+            and getattr(user, "is_authenticated", False)
+        ):
+            self.groups = [user_group(user.pk)]
+        await super().websocket_connect(message)
 
     async def connect(self) -> None:
-        await self.close()
+        """Accept the socket and start its sender task."""
+        self.settings: WebsocketSettings = get_config().websocket
+        self.subscriptions: dict[str, Subscription] = {}
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.settings.send_queue_size)
+        self.bucket = _TokenBucket(self.settings.publish_rate)
+        self.closing = False
+        self.hub = get_hub()
+        await self.accept()
+        self.sender = asyncio.get_running_loop().create_task(self._send_frames())
+        self.sender.add_done_callback(_log_failure)
+
+    async def disconnect(self, code: int) -> None:
+        """Release the socket's subscriptions and stop its sender."""
+        self.closing = True
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        subscriptions = getattr(self, "subscriptions", {})
+        if subscriptions:
+            await self.hub.unsubscribe_all(subscriptions.values())
+            subscriptions.clear()
+
+    # ------------------------------------------------------------------ frames out
+
+    def offer(self, text: str) -> bool:
+        """Queue one frame for the browser; close the socket when it cannot keep up."""
+        if self.closing:
+            return False
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflow()
+            return False
+        return True
+
+    def overflow(self) -> None:
+        """Close this socket with 4008: it fell ``SEND_QUEUE_SIZE`` frames behind."""
+        if self.closing:
+            return
+        self.closing = True
+        self.hub.stats.overflows += 1
+        logger.warning(
+            "Closing a WebSocket that fell %d frames behind (code %d)",
+            self.settings.send_queue_size,
+            CLOSE_TOO_SLOW,
+        )
+        self.closer = asyncio.get_running_loop().create_task(self._close_now(CLOSE_TOO_SLOW))
+        self.closer.add_done_callback(_log_failure)
+
+    async def _close_now(self, code: int) -> None:
+        await self.hub.unsubscribe_all(self.subscriptions.values())
+        self.subscriptions.clear()
+        await self.close(code=code)
+
+    async def _send_frames(self) -> None:
+        # base_send directly: this is the hot path of every delivery, and the generic
+        # send() only adds two coroutine layers around the same ASGI message.
+        queue, send = self.queue, self.base_send
+        while True:
+            await send({"type": "websocket.send", "text": await queue.get()})
+
+    def error(self, code: str, channel: Any = None, detail: str = "") -> None:
+        """Queue an error frame; the socket stays open."""
+        frame: dict[str, Any] = {"type": "error", "code": code, "channel": None}
+        if isinstance(channel, str) and len(channel) <= 200:
+            frame["channel"] = channel
+        if detail:
+            frame["detail"] = detail
+        self.offer(wire.dumps(frame, what="frame"))
+
+    # ------------------------------------------------------------------ frames in
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Check size and JSON, then hand the frame to its action."""
+        if text_data is None:
+            self.error(BAD_REQUEST, detail="frames must be JSON text")
+            return
+        limit = self.settings.max_message_bytes
+        if len(text_data) > limit or len(text_data.encode()) > limit:
+            self.error(TOO_LARGE, detail=f"frames are limited to {limit} bytes")
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            self.error(BAD_REQUEST, detail="the frame is not JSON")
+            return
+        await self.receive_json(frame)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Dispatch a decoded frame on its ``action``."""
+        if not isinstance(content, dict):
+            self.error(BAD_REQUEST, detail="the frame must be a JSON object")
+            return
+        action = content.get("action")
+        channel = content.get("channel")
+        handler = {
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "publish": self.publish,
+        }.get(action if isinstance(action, str) else "")
+        if handler is None:
+            self.error(BAD_REQUEST, channel, detail=f"unknown action {action!r}"[:200])
+            return
+        if not is_valid_channel(channel):
+            self.error(BAD_REQUEST, channel, detail="invalid channel name")
+            return
+        await handler(cast(str, channel), content)
+
+    async def subscribe(self, channel: str, content: dict[str, Any]) -> None:
+        """Subscribe to ``channel`` (replaying from ``since`` on durable channels)."""
+        since = content.get("since")
+        if since is not None and not is_entry_id(since):
+            self.error(BAD_REQUEST, channel, detail="since must be a stream entry id")
+            return
+        if not await authorize(self.scope.get("user"), channel, SUBSCRIBE):
+            self.error(FORBIDDEN, channel)
+            return
+        if channel in self.subscriptions:
+            self.offer(wire.dumps({"type": "subscribed", "channel": channel}))
+            return
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            self.error(BAD_REQUEST, channel, detail=f"at most {MAX_SUBSCRIPTIONS} channels")
+            return
+        if not self.closing:
+            self.subscriptions[channel] = await self.hub.subscribe(self, channel, since)
+
+    async def unsubscribe(self, channel: str, content: dict[str, Any]) -> None:
+        """Stop receiving ``channel``."""
+        sub = self.subscriptions.pop(channel, None)
+        if sub is not None:
+            await self.hub.unsubscribe(sub)
+        self.offer(wire.dumps({"type": "unsubscribed", "channel": channel}))
+
+    async def publish(self, channel: str, content: dict[str, Any]) -> None:
+        """Broadcast ``data`` on ``channel`` if the user may and the rate limit allows."""
+        if not self.bucket.take():
+            self.error(RATE_LIMITED, channel, detail=f"{self.settings.publish_rate} publishes/s")
+            return
+        if not await authorize(self.scope.get("user"), channel, PUBLISH):
+            self.error(FORBIDDEN, channel)
+            return
+        try:
+            await abroadcast(channel, content.get("data"), type=self.publisher_type())
+        except BrokerUnavailable as exc:
+            logger.warning("A browser publish on %r failed: %s", channel, exc)
+            self.error(UNAVAILABLE, channel, detail="the broker is unavailable")
+
+    def publisher_type(self) -> str:
+        """Return the event type of this socket's publishes: who sent them, unforgeably.
+
+        Receivers see it as ``event_type``: ``browser.user.<pk>`` or ``browser.anonymous``.
+        The page chooses the data; only the server chooses this.
+        """
+        user = self.scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            return f"browser.user.{user.pk}"
+        return "browser.anonymous"
+
+    # ------------------------------------------------------------------ control
+
+    async def redis_broker_disconnect(self, event: dict[str, Any]) -> None:
+        """Close this socket: the user's access was revoked (``disconnect_user``)."""
+        if self.closing:
+            return
+        self.closing = True
+        await self._close_now(CLOSE_REVOKED)

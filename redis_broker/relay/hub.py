@@ -1,0 +1,539 @@
+"""The per-process Pub/Sub hub: one Redis connection feeding every local WebSocket.
+
+Sockets register *subscriptions* with the hub; the hub subscribes a Redis channel when
+its first local subscription arrives and unsubscribes after the last one leaves. Each
+message read from Redis is turned into a frame once and offered to every local socket's
+bounded queue, so a slow browser only ever fills its own queue.
+
+redis-py's asyncio Pub/Sub neither reconnects on its own in a way the relay can see, nor
+notices a half-open connection. So the hub owns both: a reconnect loop with exponential
+backoff and jitter, and a watchdog PING that must be answered within ``PING_INTERVAL``.
+After a reconnect every channel is subscribed again; durable channels replay what each
+socket missed from their capped stream, and the others get a ``gap`` frame, because
+messages sent while the hub was away are gone for them.
+
+A subscription on a durable channel starts in *buffering* mode: live messages are held
+while the stream is read, then the buffer is merged behind the replayed entries, dropping
+any whose id was already replayed. The merge happens without an ``await`` in between,
+so no message can slip through the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import re
+import weakref
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from .. import wire
+from ..conf import BrokerConfig, get_config
+from ..connection import CONNECTION_ERRORS, build_async_client, get_async_redis, mask_url
+from ..exceptions import MalformedEntry
+from ..naming import prefixed, unprefixed
+from ..publishing import is_durable
+
+logger = logging.getLogger("redis_broker.relay")
+
+#: Backoff of the reconnect loop, in seconds: first delay and cap (full jitter on top).
+RECONNECT_BASE = 0.05
+RECONNECT_CAP = 2.0
+#: Entries read per XRANGE page while replaying a durable channel.
+REPLAY_PAGE = 500
+
+_ENTRY_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+class WatchdogTimeout(ConnectionError):
+    """The Pub/Sub connection did not answer a PING in time: treat it as dead."""
+
+
+class FrameSink(Protocol):
+    """What the hub needs from a socket: a non-blocking way to queue one text frame."""
+
+    def offer(self, text: str) -> bool:
+        """Queue ``text``; return False (and close the socket) when the queue is full."""
+
+    def overflow(self) -> None:
+        """Close the socket because it cannot keep up."""
+
+
+def is_entry_id(value: object) -> bool:
+    """Return True when ``value`` looks like a stream entry id (``"<ms>-<seq>"`` or ``"<ms>"``)."""
+    return isinstance(value, str) and _ENTRY_ID_RE.fullmatch(value) is not None
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """Return a stream entry id as a tuple that sorts like Redis sorts ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def message_frame(channel: str, message: wire.DecodedMessage) -> str:
+    """Return the JSON text of the ``message`` frame the browser receives."""
+    frame: dict[str, Any] = {
+        "type": "message",
+        "channel": channel,
+        "data": message.data,
+        "event_id": message.event_id,
+    }
+    if message.type:
+        frame["event_type"] = message.type
+    if message.id is not None:
+        frame["id"] = message.id
+    return wire.dumps(frame, what="frame")
+
+
+def control_frame(kind: str, channel: str, **extra: Any) -> str:
+    """Return the JSON text of a frame without payload (``subscribed``, ``gap``...)."""
+    return wire.dumps({"type": kind, "channel": channel, **extra}, what="frame")
+
+
+@dataclasses.dataclass(eq=False)
+class Subscription:
+    """One socket's interest in one channel, and where that socket is in the channel."""
+
+    sink: FrameSink
+    channel: str
+    durable: bool
+    since: str | None = None
+    last_id: str | None = None  # last durable entry this socket was given
+    live: bool = False  # False: live messages are buffered until the catch-up is done
+    announced: bool = False  # the "subscribed" frame was sent
+    buffer: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
+    closed: bool = False
+
+    def deliver(self, text: str, entry_id: str | None) -> None:
+        """Give one live message to the socket, or buffer it while catching up."""
+        if not self.live:
+            self.buffer.append((text, entry_id))
+            return
+        if entry_id is not None:
+            if self.last_id is not None and entry_key(entry_id) <= entry_key(self.last_id):
+                return  # already replayed from the stream
+            self.last_id = entry_id
+        self.sink.offer(text)
+
+
+@dataclasses.dataclass
+class HubStats:
+    """Counters of one hub, for logs, tests and the benchmark."""
+
+    messages: int = 0  # messages read from Redis
+    deliveries: int = 0  # frames offered to sockets
+    replayed: int = 0  # durable entries replayed from streams
+    gaps: int = 0  # gap frames sent
+    reconnects: int = 0  # successful connections after the first
+    overflows: int = 0  # sockets closed because their queue was full
+    malformed: int = 0  # messages that were not JSON
+
+
+class Hub:
+    """One Pub/Sub connection shared by every socket on this event loop.
+
+    Use :func:`get_hub` rather than building one: the point is that there is only one.
+    """
+
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        config = config or get_config()
+        # The hub retries and health-checks by itself; redis-py doing it too would
+        # resubscribe behind the hub's back and hide the gap it must report.
+        self._config = dataclasses.replace(config, retries=0, health_check_interval=0)
+        self._prefix = config.key_prefix
+        self._ping_interval = config.websocket.ping_interval
+        self._buffer_limit = config.websocket.send_queue_size
+        self._channels: dict[str, set[Subscription]] = {}
+        self._pending: dict[str, int] = {}  # SUBSCRIBEs sent and not yet confirmed
+        self._active: set[str] = set()  # confirmed on the current connection
+        self._lock = asyncio.Lock()
+        self._client: redis.asyncio.Redis | None = None
+        self._pubsub: Any = None
+        self._generation = 0  # bumped on every (re)connection
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.connected = asyncio.Event()
+        self.stats = HubStats()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """Return the channels this hub is subscribed to (without the key prefix)."""
+        return frozenset(self._channels)
+
+    async def subscribe(
+        self, sink: FrameSink, channel: str, since: str | None = None
+    ) -> Subscription:
+        """Register ``sink`` on ``channel``; frames follow once Redis has confirmed.
+
+        The sink first receives ``subscribed``, then (durable channels with ``since``)
+        the entries after ``since``, then live messages, each exactly once.
+        """
+        if self._closed:
+            raise RuntimeError("the hub is closed")
+        self._ensure_running()
+        sub = Subscription(sink=sink, channel=channel, durable=is_durable(channel), since=since)
+        async with self._lock:
+            subs = self._channels.setdefault(channel, set())
+            first = not subs
+            subs.add(sub)
+            if first:
+                await self._send_subscribe([channel])
+            elif channel in self._active:
+                self._spawn(self._activate(sub, self._generation))
+        return sub
+
+    async def unsubscribe(self, sub: Subscription) -> None:
+        """Forget ``sub``; unsubscribe its channel in Redis when no local socket needs it."""
+        sub.closed = True
+        async with self._lock:
+            subs = self._channels.get(sub.channel)
+            if subs is None or sub not in subs:
+                return
+            subs.discard(sub)
+            if subs:
+                return
+            del self._channels[sub.channel]
+            self._active.discard(sub.channel)
+            pubsub = self._pubsub
+            if pubsub is not None:
+                try:
+                    await pubsub.unsubscribe(prefixed(self._prefix, sub.channel))
+                except CONNECTION_ERRORS as exc:
+                    self._broken(pubsub, exc)
+
+    async def unsubscribe_all(self, subs: Iterable[Subscription]) -> None:
+        """Forget several subscriptions (a socket going away)."""
+        for sub in list(subs):
+            await self.unsubscribe(sub)
+
+    async def aclose(self) -> None:
+        """Stop the reader and close the connection (tests; server shutdown)."""
+        self._closed = True
+        tasks = [t for t in (self._task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._drop_connection()
+        self._channels.clear()
+
+    # ------------------------------------------------------------------ connection
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="redis_broker.relay.hub"
+            )
+            self._task.add_done_callback(self._reader_done)
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # _run only ends by cancellation; anything else is a bug
+            logger.error("The relay hub's reader stopped", exc_info=exc)
+
+    async def _run(self) -> None:
+        """Connect, read and fan out; on any failure back off and connect again."""
+        failures = 0
+        ever_connected = False
+        while True:
+            try:
+                await self._connect()
+                if ever_connected:
+                    self.stats.reconnects += 1
+                    logger.info("Relay hub reconnected to %s", mask_url(self._config.url))
+                ever_connected = True
+                failures = 0
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._drop_connection()
+                delay = random.uniform(0, min(RECONNECT_CAP, RECONNECT_BASE * 2**failures))
+                failures += 1
+                level = logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG
+                logger.log(
+                    level,
+                    "Relay hub lost Redis at %s (%s: %s); reconnecting in %.2f s (attempt %d)",
+                    mask_url(self._config.url),
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    failures,
+                )
+                await asyncio.sleep(delay)
+
+    async def _connect(self) -> None:
+        client = build_async_client(self._config)
+        pubsub: Any = client.pubsub()
+        try:
+            await pubsub.connect()
+        except BaseException:
+            await pubsub.aclose()
+            await client.aclose()
+            raise
+        async with self._lock:
+            self._client, self._pubsub = client, pubsub
+            self._generation += 1
+            self._pending.clear()
+            self._active.clear()
+            self.connected.set()
+            if self._channels:
+                await self._send_subscribe(list(self._channels))
+
+    async def _drop_connection(self) -> None:
+        """Forget the current connection; every subscription buffers until resubscribed."""
+        self.connected.clear()
+        client, pubsub = self._client, self._pubsub
+        self._client = self._pubsub = None
+        self._generation += 1
+        self._pending.clear()
+        self._active.clear()
+        for subs in self._channels.values():
+            for sub in subs:
+                sub.live = False
+                sub.buffer.clear()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    def _broken(self, pubsub: Any, exc: BaseException) -> None:
+        """A command failed on the Pub/Sub connection: cut it so the reader reconnects."""
+        logger.debug("Relay hub command failed (%s); dropping the connection", exc)
+        connection = getattr(pubsub, "connection", None)
+        if connection is not None:
+            self._spawn(connection.disconnect())
+
+    async def _send_subscribe(self, channels: list[str]) -> None:
+        """SUBSCRIBE ``channels`` on the current connection (call with the lock held)."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return  # the reconnect will subscribe everything in self._channels
+        for channel in channels:
+            self._pending[channel] = self._pending.get(channel, 0) + 1
+        try:
+            await pubsub.subscribe(*(prefixed(self._prefix, c) for c in channels))
+        except CONNECTION_ERRORS as exc:
+            self._broken(pubsub, exc)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self) -> None:
+        """Read messages until the connection fails; PING when it has been quiet."""
+        pubsub = self._pubsub
+        loop = asyncio.get_running_loop()
+        interval = self._ping_interval
+        last_seen = loop.time()
+        ping_sent: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=interval)
+            now = loop.time()
+            if message is None:
+                if ping_sent is not None and now - ping_sent >= interval:
+                    raise WatchdogTimeout(f"no PONG within {interval} s")
+                if ping_sent is None and now - last_seen >= interval:
+                    await pubsub.ping()
+                    ping_sent = now
+                continue
+            last_seen, ping_sent = now, None
+            kind = message["type"]
+            if kind == "message":
+                self._fan_out(message["channel"], message["data"])
+                # A read from redis-py's buffer does not yield to the event loop; without
+                # this a burst would be fanned out before any socket's sender ran, and
+                # fill their queues although every browser keeps up.
+                await asyncio.sleep(0)
+            elif kind == "subscribe":
+                self._confirmed(message["channel"])
+
+    def _confirmed(self, raw_channel: bytes) -> None:
+        channel = unprefixed(self._prefix, raw_channel.decode())
+        pending = self._pending.get(channel, 0) - 1
+        if pending > 0:
+            self._pending[channel] = pending
+            return
+        self._pending.pop(channel, None)
+        subs = self._channels.get(channel)
+        if not subs or channel in self._active:
+            return
+        self._active.add(channel)
+        for sub in subs:
+            if not sub.live:
+                self._spawn(self._activate(sub, self._generation))
+
+    def _fan_out(self, raw_channel: bytes, raw: bytes) -> None:
+        self.stats.messages += 1
+        channel = unprefixed(self._prefix, raw_channel.decode())
+        subs = self._channels.get(channel)
+        if not subs:
+            return
+        try:
+            message = wire.decode_message(raw)
+        except MalformedEntry as exc:
+            self.stats.malformed += 1
+            logger.warning("Dropped a message on %r that is not JSON: %s", channel, exc)
+            return
+        text = message_frame(channel, message)
+        entry_id = message.id if isinstance(message.id, str) else None
+        for sub in tuple(subs):
+            sub.deliver(text, entry_id)
+            if len(sub.buffer) > self._buffer_limit:
+                sub.buffer.clear()
+                sub.sink.overflow()
+        self.stats.deliveries += len(subs)
+
+    # ------------------------------------------------------------------ catching up
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("A relay hub task failed", exc_info=task.exception())
+
+    async def _activate(self, sub: Subscription, generation: int) -> None:
+        """Bring ``sub`` live on the current connection: announce, replay or report a gap."""
+        failures = 0
+        while not sub.closed and generation == self._generation and not sub.live:
+            try:
+                frames, baseline = await self._catch_up(sub) if sub.durable else ([], None)
+            except ResponseError as exc:
+                # Not a stream (someone else's key under that name): deliver live only.
+                logger.warning(
+                    "Cannot replay %r: %s; delivering live messages only", sub.channel, exc
+                )
+                frames, baseline = [], None
+            except CONNECTION_ERRORS as exc:
+                failures += 1
+                delay = random.uniform(0, min(RECONNECT_CAP, RECONNECT_BASE * 2**failures))
+                logger.debug(
+                    "Replay of %r failed (%s); retrying in %.2f s", sub.channel, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            if sub.closed or generation != self._generation:
+                return  # the connection changed while reading: the next confirmation redoes this
+            # From here to ``sub.live = True`` nothing awaits, so no live message can be
+            # delivered out of order or lost between the replay and the buffer.
+            if not sub.announced:
+                sub.sink.offer(control_frame("subscribed", sub.channel))
+                sub.announced = True
+            elif not sub.durable:
+                self.stats.gaps += 1
+                sub.sink.offer(control_frame("gap", sub.channel))
+            for text, entry_id in frames:
+                sub.sink.offer(text)
+                if entry_id is not None:
+                    sub.last_id = entry_id
+            buffered, sub.buffer = sub.buffer, []
+            sub.live = True
+            if baseline is None:
+                for text, entry_id in buffered:
+                    sub.deliver(text, entry_id)
+                continue
+            # No ``since``: everything buffered arrived after the SUBSCRIBE was confirmed,
+            # so it is all live, even entries older than the baseline read afterwards.
+            sub.last_id = baseline
+            for text, entry_id in buffered:
+                sub.sink.offer(text)
+                if entry_id is not None and entry_key(entry_id) > entry_key(sub.last_id):
+                    sub.last_id = entry_id
+
+    async def _catch_up(self, sub: Subscription) -> tuple[list[tuple[str, str | None]], str | None]:
+        """Return the frames ``sub`` missed on its durable channel (and a gap if trimmed).
+
+        The second value is the stream's newest id when the socket gave no ``since``.
+        """
+        client = get_async_redis()
+        key = prefixed(self._prefix, sub.channel)
+        start = sub.last_id or sub.since
+        if start is None:
+            # A first subscribe without ``since``: remember where the stream is, so a
+            # later reconnect replays from there.
+            newest: Any = await client.xrevrange(key, count=1)
+            return [], (newest[0][0].decode() if newest else "0-0")
+        frames: list[tuple[str, str | None]] = []
+        if await self._trimmed_after(client, key, start):
+            self.stats.gaps += 1
+            frames.append((control_frame("gap", sub.channel), None))
+        cursor = f"({start}"
+        while True:
+            page: Any = await client.xrange(key, min=cursor, max="+", count=REPLAY_PAGE)
+            for raw_id, fields in page:
+                entry_id = raw_id.decode()
+                try:
+                    entry = wire.decode_entry(fields)
+                except MalformedEntry:
+                    self.stats.malformed += 1
+                    continue
+                message = wire.DecodedMessage(
+                    type=entry.type,
+                    data=entry.data,
+                    event_id=entry.event_id,
+                    published_at=entry.published_at,
+                    id=entry_id,
+                )
+                frames.append((message_frame(sub.channel, message), entry_id))
+            self.stats.replayed += len(page)
+            if len(page) < REPLAY_PAGE:
+                return frames, None
+            cursor = f"({page[-1][0].decode()}"
+
+    @staticmethod
+    async def _trimmed_after(client: redis.asyncio.Redis, key: str, since: str) -> bool:
+        """Return True when entries newer than ``since`` may have been trimmed away.
+
+        Trimming removes the oldest entries, so when the stream's first entry is newer
+        than ``since``, the socket's position is gone and what followed it may be too.
+        It can be a false alarm (only ``since`` itself trimmed); a gap frame makes the
+        page refresh, which is safe. ``since="0"`` asks for what is kept: never a gap.
+        """
+        if entry_key(since) == (0, 0):
+            return False
+        try:
+            info = await client.xinfo_stream(key)
+        except ResponseError:
+            return False  # no such stream: nothing was ever kept, nothing was trimmed
+        first = info.get("first-entry")
+        if not first:
+            return False
+        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+        return entry_key(first_id) > entry_key(since)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def get_hub() -> Hub:
+    """Return the hub of the running event loop (one per server process), creating it."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub._closed:
+        hub = Hub()
+        _hubs[loop] = hub
+    return hub
+
+
+async def aclose_hub() -> None:
+    """Close the running loop's hub, if any (tests and orderly shutdown)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.pop(loop, None)
+    if hub is not None:
+        await hub.aclose()

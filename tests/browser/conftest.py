@@ -1,0 +1,54 @@
+"""Fixtures of the browser tests: a live daphne server and logged-in pages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import subprocess_env
+from tests.relay.live_server import LiveServer
+
+
+@pytest.fixture
+def daphne_server(transactional_db: None, redis_broker_url: str) -> Iterator[LiveServer]:
+    """Return a daphne process serving the demo on this test's database and Redis."""
+    with LiveServer(subprocess_env(REDIS_URL=redis_broker_url)) as server:
+        yield server
+
+
+@pytest.fixture
+def demo_users(transactional_db: None) -> dict[str, Any]:
+    """Return the demo's users alice and bob (password = username)."""
+    from django.contrib.auth import get_user_model
+
+    model = get_user_model()
+    return {name: model.objects.create_user(name, password=name) for name in ("alice", "bob")}
+
+
+@pytest.fixture
+def logged_in_page(browser: Any, daphne_server: LiveServer) -> Iterator[Callable[[str], Any]]:
+    """Return ``logged_in_page(username)``: a page in a fresh browser context, logged in."""
+    contexts = []
+
+    def _open(username: str) -> Any:
+        context = browser.new_context(viewport={"width": 1100, "height": 700})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        page.goto(daphne_server.url + "/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", username)
+        page.click("#login-submit")
+        page.wait_for_selector("#whoami")
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+
+
+def wait_subscribed(page: Any, channel: str) -> None:
+    """Wait until the page's socket has the server's confirmation for ``channel``."""
+    page.wait_for_function("(c) => window.broker && window.broker.isSubscribed(c)", arg=channel)
