@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import multiprocessing
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,9 @@ import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -99,12 +100,6 @@ async def peer_app(scope: Any, receive: Any, send: Any) -> None:
 # ----------------------------------------------------------------------------- clients
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    header = struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload))  # small frames only
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 class Reader:
     """One WebSocket that counts message frames and records latencies."""
 
@@ -120,57 +115,35 @@ class Reader:
     async def run(self, port: int, cookie: str, subscribe: bool) -> None:
         try:
             await self._run(port, cookie, subscribe)
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
             if not self.subscribed.is_set():  # the server refused or failed the handshake
                 self.refused = True
                 self.subscribed.set()
                 self.error = str(exc)[:100]
 
     async def _run(self, port: int, cookie: str, subscribe: bool) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET {'/ws/broker/' if subscribe else '/ws/'} HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Origin: http://127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n"
-            ).encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
-            raise ConnectionError(head[:80])
-        if subscribe:
-            msg = json.dumps({"action": "subscribe", "channel": CHANNEL}).encode()
-            writer.write(_frame(0x1, msg))
-        try:
-            while True:
-                first, second = await reader.readexactly(2)
-                opcode, length = first & 0x0F, second & 0x7F
-                if length == 126:
-                    (length,) = struct.unpack("!H", await reader.readexactly(2))
-                elif length == 127:
-                    (length,) = struct.unpack("!Q", await reader.readexactly(8))
-                payload = await reader.readexactly(length)
-                if opcode == 0x8:
-                    self.closed_code = struct.unpack("!H", payload[:2])[0] if payload else 1005
-                    return
-                if opcode == 0x9:  # daphne closes sockets that do not answer its pings
-                    writer.write(_frame(0xA, payload))
-                    continue
-                if opcode != 0x1:
-                    continue
-                if not self.subscribed.is_set():
-                    self.subscribed.set()
-                    continue
-                self.count += 1
-                if self.measure:
-                    sent = json.loads(payload)["data"]["t"]
-                    self.latencies.append(time.time() - sent)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self.closed_code = self.closed_code or 1006
-        finally:
-            writer.close()
+        url = f"ws://127.0.0.1:{port}{'/ws/broker/' if subscribe else '/ws/'}"
+        async with connect(
+            url,
+            origin=f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
+            additional_headers={"Cookie": cookie},
+            open_timeout=60,
+            max_queue=None,  # read as fast as frames come; the bench measures the server
+        ) as socket:
+            if subscribe:
+                await socket.send(json.dumps({"action": "subscribe", "channel": CHANNEL}))
+            try:
+                async for message in socket:
+                    if not self.subscribed.is_set():
+                        self.subscribed.set()
+                        continue
+                    self.count += 1
+                    if self.measure:
+                        sent = json.loads(message)["data"]["t"]
+                        self.latencies.append(time.time() - sent)
+            except ConnectionClosed:
+                pass
+            self.closed_code = socket.close_code or 1006
 
 
 def client_process(conn: Connection, port: int, cookie: str, n: int, relay: bool) -> None:
