@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
+    "ConsumerDefinitionError",
     "ConsumerGroupMissing",
     "RedisBrokerError",
     "Reject",
@@ -33,6 +34,7 @@ __all__ = [
 _LAZY = {
     "BrokerUnavailable": "redis_broker.exceptions",
     "ConfigurationError": "redis_broker.exceptions",
+    "ConsumerDefinitionError": "redis_broker.exceptions",
     "ConsumerGroupMissing": "redis_broker.exceptions",
     "RedisBrokerError": "redis_broker.exceptions",
     "Reject": "redis_broker.exceptions",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from .exceptions import (
         BrokerUnavailable,
         ConfigurationError,
+        ConsumerDefinitionError,
         ConsumerGroupMissing,
         RedisBrokerError,
         Reject,

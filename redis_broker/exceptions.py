@@ -48,3 +48,14 @@ class ConsumerGroupMissing(RedisBrokerError):
 
     The runner re-creates the group; the message says what happened and what to check.
     """
+
+
+class ConsumerDefinitionError(RedisBrokerError, ImproperlyConfigured):
+    """A ``@stream_consumer`` has a bad argument or clashes with another one.
+
+    The message starts with the handler's dotted path, so the culprit is found at once.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")

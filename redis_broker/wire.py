@@ -139,8 +139,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 def fields_as_text(raw: Mapping[Any, Any]) -> dict[str, str]:
     """Return an entry's fields as text; raise ``MalformedEntry`` on invalid UTF-8."""
+    try:
+        # The common case, redis-py's bytes replies, without a per-value type check.
+        return {k.decode(): v.decode() for k, v in raw.items()}
+    except AttributeError:
+        pass  # text or mixed replies: take the general path
+    except UnicodeDecodeError as exc:
+        raise MalformedEntry(f"the entry is not UTF-8 text: {exc}") from exc
     try:
         return {_text(k): _text(v) for k, v in raw.items()}
     except UnicodeDecodeError as exc:
@@ -153,16 +163,17 @@ def decode_entry(raw: Mapping[Any, Any]) -> DecodedEntry:
     Entries from other producers need only ``data``; the other fields get defaults.
     """
     fields = fields_as_text(raw)
-    if DATA not in fields:
+    text = fields.get(DATA)
+    if text is None:
         raise MalformedEntry("the entry has no 'data' field")
     try:
-        data = json.loads(fields[DATA])
+        data = _decode_json(text)
     except ValueError as exc:
         raise MalformedEntry(f"the 'data' field is not JSON: {exc}") from exc
     headers: dict[str, Any] = {}
     if HEADERS in fields:
         try:
-            headers = json.loads(fields[HEADERS])
+            headers = _decode_json(fields[HEADERS])
         except ValueError as exc:
             raise MalformedEntry(f"the 'headers' field is not JSON: {exc}") from exc
         if not isinstance(headers, dict):

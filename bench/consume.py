@@ -1,0 +1,421 @@
+"""Benchmark: our stream consumers against a raw redis-py loop and FastStream.
+
+Pre-fills one stream with entries of about 200 bytes of JSON (our wire format), then
+consumes the same data once per contender, each in its own consumer group:
+
+* ours, async handler and sync handler (``ConsumerRunner`` in burst mode);
+* raw redis-py asyncio: ``XREADGROUP COUNT 100``, ``json.loads`` of ``data``, await the
+  handler, one ``XACK`` per batch: what a team would hand-write;
+* FastStream's Redis stream subscriber in a consumer group, per message and ``batch=True``.
+
+Then publish-to-handler latency (p50/p99) at 2,000 entries/s for ours, raw and FastStream
+(the producer is a separate process), and the worker's peak RSS after 20k and after all
+entries (a fresh process, so earlier runs do not count).
+
+    python bench/consume.py            # 100,000 entries
+    python bench/consume.py --quick    # 20,000 entries, shorter latency runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import django  # noqa: E402
+import redis  # noqa: E402
+import redis.asyncio  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+STREAM = "bench.consume"
+LATENCY_STREAM = "bench.latency"
+PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items": [1, 2, 3]}
+#: FastStream per message is ~30x slower; this many entries give a stable rate.
+FASTSTREAM_PER_MESSAGE_CAP = 20_000
+
+
+def configure(url: str) -> None:
+    """Configure Django minimally: the app, its Redis, no database."""
+    settings.configure(
+        INSTALLED_APPS=["redis_broker"],
+        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}},
+        DATABASES={},
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+    logging.getLogger("redis_broker").setLevel(logging.ERROR)  # no "stopping" chatter
+
+
+def prefill(url: str, count: int) -> int:
+    """Append ``count`` entries in our wire format; return the size of one ``data`` field."""
+    from redis_broker import wire
+
+    client = redis.Redis.from_url(url)
+    data_size = len(wire.dumps(PAYLOAD))
+    for start in range(0, count, 1000):
+        pipe = client.pipeline(transaction=False)
+        for n in range(start, min(count, start + 1000)):
+            pipe.xadd(STREAM, wire.encode_entry({**PAYLOAD, "order_id": n}, type="order.created"))
+        pipe.execute()
+    client.close()
+    return data_size
+
+
+def group(url: str, name: str, stream: str = STREAM, start: str = "0") -> None:
+    """Create consumer group ``name`` at ``start`` (FastStream would create it at ``$``)."""
+    client = redis.Redis.from_url(url)
+    client.xgroup_create(stream, name, id=start, mkstream=True)
+    client.close()
+
+
+# --- contenders (throughput) -------------------------------------------------------------
+
+
+def run_ours(handler: Callable[[Any], Any], name: str) -> None:
+    """Consume the whole stream with our runner in burst mode."""
+    from redis_broker.consumers.registry import StreamConsumerSpec
+    from redis_broker.consumers.runner import ConsumerRunner
+
+    spec = StreamConsumerSpec(func=handler, stream=STREAM, group=name, name=name)
+    ConsumerRunner(specs=[spec], burst=True, relay_outbox=False, echo=lambda line: None).run()
+
+
+async def run_raw(
+    url: str, name: str, count: int, handler: Callable[[Any], Awaitable[None]]
+) -> None:
+    """The hand-written loop: XREADGROUP COUNT 100, decode, await the handler, XACK the batch."""
+    client = redis.asyncio.Redis.from_url(url)
+    done = 0
+    while done < count:
+        reply = await client.xreadgroup(name, "raw-1", {STREAM: ">"}, count=100, block=1000)
+        if not reply:
+            break
+        entries = reply[0][1]
+        for _entry_id, fields in entries:
+            await handler(json.loads(fields[b"data"]))
+        await client.xack(STREAM, name, *[entry_id for entry_id, _ in entries])
+        done += len(entries)
+    await client.aclose()
+
+
+async def run_faststream(url: str, name: str, count: int, *, batch: bool) -> None:
+    """Consume with FastStream's stream subscriber in a consumer group."""
+    from faststream.redis import RedisBroker, StreamSub
+
+    broker = RedisBroker(url, logger=None)
+    seen = 0
+    finished = asyncio.Event()
+    sub = StreamSub(STREAM, group=name, consumer="fs-1", batch=batch, max_records=100)
+
+    if batch:
+
+        @broker.subscriber(stream=sub)
+        async def handle_batch(body: list[Any]) -> None:
+            nonlocal seen
+            seen += len(body)
+            if seen >= count:
+                finished.set()
+
+    else:
+
+        @broker.subscriber(stream=sub)
+        async def handle(body: Any) -> None:
+            nonlocal seen
+            seen += 1
+            if seen >= count:
+                finished.set()
+
+    async with broker:
+        await broker.start()
+        await finished.wait()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Return the wall-clock and the CPU seconds (this process, all threads) ``fn`` takes."""
+    started, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+# --- latency -----------------------------------------------------------------------------
+
+
+def produce(url: str, rate: int, count: int) -> None:
+    """Publish ``count`` entries at ``rate`` per second, each stamped with its send time."""
+    from redis_broker import wire
+
+    client = redis.Redis.from_url(url)
+    interval = 1 / rate
+    next_at = time.perf_counter()
+    for n in range(count):
+        now = time.perf_counter()
+        if next_at > now:
+            time.sleep(next_at - now)
+        next_at += interval
+        fields = wire.encode_entry({"n": n, "sent": time.time_ns(), "pad": "x" * 120})
+        client.xadd(LATENCY_STREAM, fields)
+    client.close()
+
+
+def start_producer(url: str, rate: int, count: int) -> subprocess.Popen[bytes]:
+    """Start the producer in its own process, so it does not share our GIL."""
+    return subprocess.Popen(
+        [sys.executable, __file__, "--produce", url, str(rate), str(count)], cwd=ROOT
+    )
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """Return p50 and p99 of ``samples`` (milliseconds)."""
+    cuts = statistics.quantiles(samples, n=100)
+    return statistics.median(samples), cuts[98]
+
+
+def latency_ours(url: str, rate: int, count: int) -> tuple[float, float]:
+    """Measure publish-to-handler latency of our runner (async handler, default BLOCK_MS)."""
+    from redis_broker.consumers.registry import StreamConsumerSpec
+    from redis_broker.consumers.runner import ConsumerRunner
+
+    samples: list[float] = []
+    runner: ConsumerRunner
+
+    async def handler(message: Any) -> None:
+        samples.append((time.time_ns() - message.data["sent"]) / 1e6)
+        if len(samples) >= count:
+            runner.stop()
+
+    group(url, "lat-ours", LATENCY_STREAM, "$")
+    spec = StreamConsumerSpec(func=handler, stream=LATENCY_STREAM, group="lat-ours", name="lat")
+    runner = ConsumerRunner(specs=[spec], relay_outbox=False, echo=lambda line: None)
+    producer = start_producer(url, rate, count)
+    runner.run()
+    producer.wait()
+    return percentiles(samples)
+
+
+def latency_raw(url: str, rate: int, count: int) -> tuple[float, float]:
+    """Measure publish-to-handler latency of the raw loop."""
+    samples: list[float] = []
+
+    async def consume() -> None:
+        client = redis.asyncio.Redis.from_url(url)
+        await client.xgroup_create(LATENCY_STREAM, "lat-raw", id="$", mkstream=True)
+        producer = start_producer(url, rate, count)
+        while len(samples) < count:
+            reply = await client.xreadgroup(
+                "lat-raw", "raw-1", {LATENCY_STREAM: ">"}, count=100, block=1000
+            )
+            if not reply:
+                continue
+            entries = reply[0][1]
+            for _entry_id, fields in entries:
+                data = json.loads(fields[b"data"])
+                samples.append((time.time_ns() - data["sent"]) / 1e6)
+            await client.xack(LATENCY_STREAM, "lat-raw", *[e[0] for e in entries])
+        await client.aclose()
+        await asyncio.to_thread(producer.wait)
+
+    asyncio.run(consume())
+    return percentiles(samples)
+
+
+def latency_faststream(url: str, rate: int, count: int) -> tuple[float, float]:
+    """Measure publish-to-handler latency of FastStream's stream subscriber (per message)."""
+    from faststream.redis import RedisBroker, StreamSub
+
+    samples: list[float] = []
+
+    async def consume() -> None:
+        broker = RedisBroker(url, logger=None)
+        finished = asyncio.Event()
+        group(url, "lat-fs", LATENCY_STREAM, "$")
+
+        @broker.subscriber(stream=StreamSub(LATENCY_STREAM, group="lat-fs", consumer="fs-1"))
+        async def handle(body: Any) -> None:
+            # FastStream parses the ``data`` field of a foreign entry as the body.
+            samples.append((time.time_ns() - body["sent"]) / 1e6)
+            if len(samples) >= count:
+                finished.set()
+
+        async with broker:
+            await broker.start()
+            producer = start_producer(url, rate, count)
+            await finished.wait()
+            await asyncio.to_thread(producer.wait)
+
+    asyncio.run(consume())
+    return percentiles(samples)
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def rss_child(url: str, count: int) -> None:
+    """Consume ``count`` entries with our runner; print peak RSS (KiB) at 20k and at the end."""
+    configure(url)
+    marks: dict[int, int] = {}
+    seen = 0
+    first_mark = min(20_000, count // 5)
+
+    async def handler(message: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen in (first_mark, count):
+            marks[seen] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    group(url, "rss")
+    run_ours(handler, "rss")
+    print(json.dumps({str(k): v for k, v in marks.items()}))
+
+
+def peak_rss(url: str, count: int) -> dict[int, int]:
+    """Run ``rss_child`` in a fresh process and return its marks."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", url, str(count)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Parse arguments, run every measurement, print the figures and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 entries, short latency runs")
+    parser.add_argument("--entries", type=int, help="entries to pre-fill (default 100,000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender; best counts")
+    parser.add_argument("--produce", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.produce:
+        url, rate, count = args.produce
+        produce(url, int(rate), int(count))
+        return
+    if args.rss_child:
+        rss_child(args.rss_child[0], int(args.rss_child[1]))
+        return
+
+    entries = args.entries or (20_000 if args.quick else 100_000)
+    latency_count = 4_000 if args.quick else 10_000
+
+    from redis_broker.testing import RedisServer
+
+    server = RedisServer()
+    url = server.start()
+    try:
+        configure(url)
+        client = redis.Redis.from_url(url)
+        size = prefill(url, entries)
+        print(
+            f"Redis {client.info()['redis_version']}, Python {sys.version.split()[0]}; "
+            f"{entries:,} entries, data {size} bytes, "
+            f"{client.memory_usage(STREAM) // entries} bytes per entry in Redis"
+        )
+        client.close()
+        rates: dict[str, float] = {}
+
+        async def trivial_async(message: Any) -> None:
+            pass
+
+        def trivial_sync(message: Any) -> None:
+            pass
+
+        async def trivial_raw(data: Any) -> None:
+            pass
+
+        def measure(name: str, count: int, run: Callable[[str], Any]) -> tuple[float, float]:
+            """Return the best wall-clock and CPU rates of ``repeat`` runs, each in a new group.
+
+            The CPU rate (entries per CPU second of the consumer) shrugs off other load on
+            the machine; the Redis server's own work is not in it.
+            """
+            best, best_cpu = 0.0, 0.0
+            for attempt in range(1 if name == "faststream" else args.repeat):
+                group_name = f"{name}-{attempt}"
+                group(url, group_name)
+                wall, cpu = timed(lambda g=group_name: run(g))
+                best, best_cpu = max(best, count / wall), max(best_cpu, count / cpu)
+            return best, best_cpu
+
+        fs_count = min(entries, FASTSTREAM_PER_MESSAGE_CAP)
+        contenders: list[tuple[str, int, Callable[[str], Any]]] = [
+            ("ours-async", entries, lambda g: run_ours(trivial_async, g)),
+            ("ours-sync", entries, lambda g: run_ours(trivial_sync, g)),
+            ("raw", entries, lambda g: asyncio.run(run_raw(url, g, entries, trivial_raw))),
+            (
+                "faststream",
+                fs_count,
+                lambda g: asyncio.run(run_faststream(url, g, fs_count, batch=False)),
+            ),
+            (
+                "faststream-batch",
+                entries,
+                lambda g: asyncio.run(run_faststream(url, g, entries, batch=True)),
+            ),
+        ]
+        print(f"Throughput, best of {args.repeat} (FastStream per message: one run):")
+        cpu_rates: dict[str, float] = {}
+        for name, count, run in contenders:
+            rates[name], cpu_rates[name] = measure(name, count, run)
+            print(
+                f"  {name:<18} {rates[name]:>10,.0f} entries/s   "
+                f"{cpu_rates[name]:>10,.0f} per CPU second   ({count:,} entries)"
+            )
+
+        print("Ratios of entries/s (targets in brackets):")
+        checks = [
+            ("async / raw", rates["ours-async"] / rates["raw"], 0.8),
+            ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], 0.8),
+            ("sync / raw", rates["ours-sync"] / rates["raw"], 0.5),
+            ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], 0.5),
+            ("async / FastStream", rates["ours-async"] / rates["faststream"], 10),
+            ("async / FastStream batch", rates["ours-async"] / rates["faststream-batch"], 1.5),
+            ("sync / FastStream", rates["ours-sync"] / rates["faststream"], None),
+        ]
+        for label, ratio, target in checks:
+            verdict = (
+                ""
+                if target is None
+                else (f"[>= {target}] " + ("ok" if ratio >= target else "MISSED"))
+            )
+            print(f"  {label:<26} {ratio:6.2f}x {verdict}")
+
+        print(f"Publish-to-handler latency at 2,000 entries/s ({latency_count:,} entries):")
+        for name, measure in [
+            ("ours", latency_ours),
+            ("raw", latency_raw),
+            ("faststream", latency_faststream),
+        ]:
+            p50, p99 = measure(url, 2000, latency_count)
+            print(f"  {name:<12} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+
+        marks = peak_rss(url, entries)
+        first, last = marks[min(marks)], marks[max(marks)]
+        growth = (last - first) / first * 100
+        print(
+            f"Peak RSS of an async worker: {first / 1024:.1f} MiB after {min(marks):,} entries, "
+            f"{last / 1024:.1f} MiB after {max(marks):,} ({growth:+.1f} %) "
+            f"[<= +10 %] {'ok' if growth <= 10 else 'MISSED'}"
+        )
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

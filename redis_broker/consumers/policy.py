@@ -1,0 +1,185 @@
+"""Delivery policy: group lifecycle, retry back-off, dead letters and reclaiming.
+
+Each function is one Redis conversation with plain arguments (keys already prefixed),
+so the worker loop reads as a sequence of decisions rather than of commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias, cast
+
+import redis
+import redis.asyncio
+
+from .. import wire
+from ..exceptions import ConsumerGroupMissing
+
+#: One entry as redis-py returns it: (id, fields), fields empty when the body was trimmed.
+RawEntry: TypeAlias = tuple[bytes, Mapping[bytes, bytes] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how soon a failing entry is delivered again."""
+
+    max_deliveries: int
+    backoff_ms: int
+    backoff_max_ms: int
+
+    def delay_ms(self, delivery_count: int) -> int:
+        """Return the wait before delivery ``delivery_count + 1``: doubled each time, capped."""
+        exponent = max(0, delivery_count - 1)
+        # min() first keeps 2**exponent from growing without bound on a poison entry.
+        return int(min(self.backoff_ms * 2 ** min(exponent, 32), self.backoff_max_ms))
+
+    def exhausted(self, delivery_count: int) -> bool:
+        """Return True when a failure at ``delivery_count`` should dead-letter the entry."""
+        return delivery_count >= self.max_deliveries
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """Return True for Redis's answers when the stream or the group does not exist.
+
+    A read blocked while the key vanished (FLUSHALL, DEL) gets ``UNBLOCKED ... no longer
+    exists`` instead of ``NOGROUP``; both mean the group must be created again.
+    """
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    text = str(exc)
+    return "NOGROUP" in text or ("UNBLOCKED" in text and "no longer exists" in text)
+
+
+def group_missing(stream: str, group: str) -> ConsumerGroupMissing:
+    """Return the exception that explains a NOGROUP reply and what to check."""
+    return ConsumerGroupMissing(
+        f"Consumer group {group!r} of stream {stream!r} is gone: Redis restarted without "
+        "persistence, was flushed, or evicted the key. Re-creating it at the start of the "
+        "stream. If this repeats, check the server's persistence and maxmemory-policy "
+        "(streams need noeviction or a volatile-* policy)."
+    )
+
+
+async def ensure_group(client: redis.asyncio.Redis, key: str, group: str, start: str) -> bool:
+    """Create ``group`` on ``key`` (and the stream, MKSTREAM); return False when it existed."""
+    try:
+        await client.xgroup_create(key, group, id=start, mkstream=True)
+    except redis.ResponseError as exc:
+        if str(exc).startswith("BUSYGROUP"):
+            return False
+        raise
+    return True
+
+
+def text_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """Return an entry's fields as text, replacing bytes that are not UTF-8 (for dead letters)."""
+    try:
+        return wire.fields_as_text(raw)
+    except ValueError:
+        return {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): (
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
+
+
+async def dead_letter(
+    client: redis.asyncio.Redis,
+    *,
+    key: str,
+    dead_letter_key: str,
+    group: str,
+    entry_id: bytes,
+    fields: Mapping[str, str],
+    stream: str,
+    error: str,
+    delivery_count: int,
+    maxlen: int | None,
+) -> None:
+    """Copy an entry to the dead-letter stream and ack it, in one MULTI/EXEC.
+
+    Atomic, so an entry is never both dead-lettered and still pending (which would
+    dead-letter it twice after a crash) nor acked without its copy.
+    """
+    copy = wire.dead_letter_fields(
+        fields,
+        original_stream=stream,
+        original_id=entry_id.decode(),
+        error=error,
+        delivery_count=delivery_count,
+    )
+    trim: dict[str, Any] = {"maxlen": maxlen, "approximate": True} if maxlen else {}
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.xadd(dead_letter_key, cast(Any, copy), **trim)
+        pipe.xack(key, group, entry_id)
+        await pipe.execute()
+
+
+async def delivery_counts(
+    client: redis.asyncio.Redis, key: str, group: str, consumer: str, ids: Sequence[bytes]
+) -> dict[bytes, int]:
+    """Return the delivery counts of ``ids`` (pending with ``consumer``) in one XPENDING."""
+    if not ids:
+        return {}
+    low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+    rows = await client.xpending_range(
+        key, group, min=low, max=high, count=len(ids) + 1000, consumername=consumer
+    )
+    wanted = set(ids)
+    return {
+        row["message_id"]: int(row["times_delivered"])
+        for row in rows
+        if row["message_id"] in wanted
+    }
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+async def reclaim(
+    client: redis.asyncio.Redis,
+    *,
+    key: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    cursor: bytes,
+    count: int,
+) -> tuple[bytes, list[RawEntry], int]:
+    """Take entries idle longer than ``min_idle_ms`` from any consumer (XAUTOCLAIM).
+
+    Returns the next cursor (``b"0-0"`` once the pending list was scanned), the claimed
+    entries, and how many pending ids pointed at entries already trimmed away (Redis
+    drops those from the pending list itself).
+    """
+    reply = await client.xautoclaim(
+        key, group, consumer, min_idle_time=min_idle_ms, start_id=cursor, count=count
+    )
+    next_cursor = reply[0]
+    entries = list(reply[1])
+    deleted = len(reply[2]) if len(reply) > 2 else 0
+    return next_cursor, entries, deleted
+
+
+async def claim_for_retry(
+    client: redis.asyncio.Redis,
+    *,
+    key: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    ids: Sequence[bytes],
+) -> list[RawEntry]:
+    """Deliver our own failed entries again (XCLAIM to ourselves, counting a delivery).
+
+    ``min_idle_ms`` is the back-off: an entry another worker reclaimed meanwhile has a
+    fresh idle time and stays with it.
+    """
+    reply = await client.xclaim(
+        key, group, consumer, min_idle_time=min_idle_ms, message_ids=cast(Any, list(ids))
+    )
+    return cast(list[RawEntry], list(reply))

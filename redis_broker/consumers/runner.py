@@ -1,0 +1,367 @@
+"""``ConsumerRunner``: one worker process, one event loop, every selected consumer.
+
+The runner discovers consumers, checks that Redis answers and creates their groups,
+then runs one ``GroupWorker`` task per consumer, the outbox relay and a status line.
+It owns the signals: the first SIGTERM/SIGINT stops reading and lets in-flight entries
+finish and be acked (up to ``SHUTDOWN_GRACE``); a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio
+from django.db import close_old_connections, connections
+
+from ..conf import BrokerConfig, get_config
+from ..connection import CONNECTION_ERRORS, aclose_async_redis, get_async_redis, unavailable
+from . import policy, registry
+from .registry import StreamConsumerSpec
+from .worker import REDIS_ERRORS, GroupWorker, wait_or_stop
+
+logger = logging.getLogger("redis_broker.consumers")
+
+LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def configure_logging(verbosity: int) -> None:
+    """Set the ``redis_broker`` level from ``verbosity``; add a handler only if none is set up."""
+    broker_logger = logging.getLogger("redis_broker")
+    broker_logger.setLevel(LOG_LEVELS.get(verbosity, logging.DEBUG))
+    if not broker_logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        broker_logger.addHandler(handler)
+
+
+def default_consumer_name() -> str:
+    """Return ``<hostname>-<pid>``: unique per process, readable in XINFO CONSUMERS."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ConsumerRunner:
+    """Run stream consumers until stopped, or in burst mode until nothing is left.
+
+    ``selectors`` pick consumers by name, stream or ``stream:group`` (none: all);
+    ``specs`` bypasses discovery (tests, embedding). ``concurrency`` overrides every
+    consumer's limit. ``relay_outbox`` also publishes the database outbox.
+    ``run()`` returns the exit status: 0 after a clean (warm) stop or a finished
+    burst, 1 after a cold stop that abandoned in-flight entries.
+    """
+
+    worker_class = GroupWorker
+
+    def __init__(
+        self,
+        selectors: Sequence[str] = (),
+        *,
+        specs: Sequence[StreamConsumerSpec] | None = None,
+        concurrency: int | None = None,
+        consumer_name: str | None = None,
+        burst: bool = False,
+        relay_outbox: bool = True,
+        echo: Callable[[str], Any] | None = None,
+        config: BrokerConfig | None = None,
+    ) -> None:
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise ValueError(f"concurrency must be a positive int, not {concurrency!r}.")
+        if consumer_name is not None and not consumer_name.strip():
+            raise ValueError("the consumer name must not be empty.")
+        self.selectors = list(selectors)
+        self.specs = list(specs) if specs is not None else None
+        self.concurrency = concurrency
+        self.consumer_name = consumer_name or default_consumer_name()
+        self.burst = burst
+        self.relay_outbox = relay_outbox
+        self.echo = echo or _print
+        self.config = config
+        self.workers: list[GroupWorker] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._cold: asyncio.Event | None = None
+
+    # -- entry points ------------------------------------------------------------------
+
+    def select(self) -> list[StreamConsumerSpec]:
+        """Discover ``<app>.consumers`` modules and return the selected specs.
+
+        Raises ``ConsumerDefinitionError`` for a bad ``@stream_consumer`` and
+        ``LookupError`` for a selector that names nothing.
+        """
+        if self.specs is not None:
+            chosen = self.specs
+            if self.selectors:
+                chosen = [s for s in chosen if any(s.matches(n) for n in self.selectors)]
+            return chosen
+        registry.autodiscover()
+        return registry.registry.select(self.selectors)
+
+    def run(self) -> int:
+        """Run in a new event loop; return the exit status.
+
+        Raises ``BrokerUnavailable`` when Redis does not answer at start.
+        """
+        specs = self.select()
+        # Connections opened while importing or checking must not leak into the threads.
+        connections.close_all()
+        try:
+            return asyncio.run(self.arun(specs))
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        """Ask for a warm stop from any thread (the same as a first SIGTERM)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._request_stop, "stop()")
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def arun(self, specs: Sequence[StreamConsumerSpec]) -> int:
+        """Run ``specs`` on the current event loop; return the exit status."""
+        config = self.config or get_config()
+        self._loop = asyncio.get_running_loop()
+        self._stop = stop = asyncio.Event()
+        self._cold = asyncio.Event()
+        client = get_async_redis()
+        try:
+            self.workers = [
+                self.worker_class(
+                    spec,
+                    config=config,
+                    consumer=self.consumer_name,
+                    concurrency=self.concurrency,
+                    burst=self.burst,
+                )
+                for spec in specs
+            ]
+            await self._start(client, config)
+            self._announce()
+            with self._signals():
+                code = await self._supervise(client, stop, config)
+            self.echo(await self.status_line())
+            return code
+        finally:
+            await aclose_async_redis()
+
+    async def _start(self, client: redis.asyncio.Redis, config: BrokerConfig) -> None:
+        """Check that Redis answers and create every group, or raise ``BrokerUnavailable``."""
+        try:
+            await client.ping()
+            for worker in self.workers:
+                await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(exc, config.url) from exc
+
+    def _announce(self) -> None:
+        if not self.workers:
+            self.echo(
+                "No stream consumers are registered (add @stream_consumer to <app>/consumers.py)."
+            )
+            return
+        self.echo(f"Running {len(self.workers)} consumer(s) as {self.consumer_name}:")
+        for w in self.workers:
+            kind = "async" if w.spec.is_async else "sync"
+            self.echo(
+                f"  {w.spec.path}  stream={w.spec.stream} group={w.group} "
+                f"consumer={w.consumer} ({kind}, batch {w.batch_size}, "
+                f"concurrency {w.concurrency})"
+            )
+
+    async def _supervise(
+        self, client: redis.asyncio.Redis, stop: asyncio.Event, config: BrokerConfig
+    ) -> int:
+        assert self._cold is not None
+        background: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._report(config.consumers.status_interval, stop), name="status")
+        ]
+        relay = None
+        if self.relay_outbox:
+            from ..outbox import OutboxRelay
+
+            relay = OutboxRelay()
+            if not self.burst:
+                background.append(asyncio.create_task(relay.run(stop), name="outbox"))
+        code = 0
+        try:
+            while True:
+                if self.burst and relay is not None:
+                    await self._drain(relay)
+                code = await self._run_workers(client, stop, config.consumers.shutdown_grace)
+                # In burst mode, events the outbox relays now need consuming too.
+                if not self.burst or stop.is_set() or code or relay is None:
+                    break
+                if not await self._drain(relay):
+                    break
+        finally:
+            stop.set()
+            if self._cold.is_set():
+                for task in background:
+                    task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    _surface(task, list(await asyncio.gather(task, return_exceptions=True)))
+            if relay is not None and self.burst:
+                await relay.aclose()
+        return code
+
+    async def _run_workers(
+        self, client: redis.asyncio.Redis, stop: asyncio.Event, grace: float
+    ) -> int:
+        """Run every worker; after a stop request wait ``grace`` seconds, then cancel."""
+        assert self._cold is not None
+        tasks = [
+            asyncio.create_task(w.run(client, stop), name=f"consumer {w}") for w in self.workers
+        ]
+        if not tasks:
+            if not self.burst:
+                await stop.wait()
+            return 0
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        stopping = asyncio.create_task(stop.wait())
+        first: set[asyncio.Future[Any]] = {everything, stopping}
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if not everything.done():
+            cold = asyncio.create_task(self._cold.wait())
+            second: set[asyncio.Future[Any]] = {everything, cold}
+            await asyncio.wait(second, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            cold.cancel()
+            if not everything.done():
+                reason = (
+                    "second signal" if self._cold.is_set() else f"SHUTDOWN_GRACE of {grace} s over"
+                )
+                logger.warning(
+                    "Cold stop (%s): in-flight entries stay pending and are reclaimed "
+                    "after CLAIM_IDLE_MS",
+                    reason,
+                )
+                for task in tasks:
+                    task.cancel()
+                code = 1
+        stopping.cancel()
+        for task, result in zip(tasks, await everything, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                logger.error("%s crashed", task.get_name(), exc_info=result)
+                code = 1
+        return code
+
+    async def _drain(self, relay: Any) -> int:
+        """Publish the whole outbox (burst mode); return how many events went out."""
+        total = 0
+        try:
+            while relayed := await relay.relay_once():
+                total += relayed
+        except Exception:
+            logger.exception("Could not relay the outbox")
+        return total
+
+    # -- signals -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals(self) -> Any:
+        """Route SIGTERM and SIGINT to the stop events (main thread only)."""
+        loop = asyncio.get_running_loop()
+        installed = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._request_stop, signal.Signals(signum).name)
+                installed.append(signum)
+        try:
+            yield
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    def _request_stop(self, reason: str) -> None:
+        assert self._stop is not None and self._cold is not None
+        if not self._stop.is_set():
+            logger.warning(
+                "%s: stopping; finishing in-flight entries (send it again to stop at once)", reason
+            )
+            self._stop.set()
+        else:
+            logger.warning("%s again: stopping at once", reason)
+            self._cold.set()
+
+    # -- status ------------------------------------------------------------------------
+
+    async def _report(self, interval: float, stop: asyncio.Event) -> None:
+        """Echo a status line every ``interval`` seconds until ``stop``; survive failures.
+
+        It ends on the event rather than on cancellation: on Python 3.11 a cancellation
+        that lands while a Redis read times out can surface as a TimeoutError, which
+        the status line treats as "Redis unreachable".
+        """
+        last_time, last_processed = time.monotonic(), 0
+        while True:
+            await wait_or_stop(stop, interval)
+            if stop.is_set():
+                return
+            now = time.monotonic()
+            processed = sum(w.stats.processed for w in self.workers)
+            rate = (processed - last_processed) / max(now - last_time, 1e-9)
+            last_time, last_processed = now, processed
+            try:
+                self.echo(await self.status_line(rate))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Could not report the status")
+
+    async def status_line(self, rate: float | None = None) -> str:
+        """Return ``processed=… failed=… dead-lettered=… pending=… rate=…/s outbox=…``."""
+        stats = [w.stats for w in self.workers]
+        parts = [
+            f"processed={sum(s.processed for s in stats)}",
+            f"failed={sum(s.failed for s in stats)}",
+            f"dead-lettered={sum(s.dead_lettered for s in stats)}",
+        ]
+        try:
+            pending = 0
+            for worker in self.workers:
+                pending += await worker.pending()
+            parts.append(f"pending={pending}")
+        except REDIS_ERRORS:
+            parts.append("pending=?")
+        if rate is not None:
+            parts.append(f"rate={rate:.1f}/s")
+        if self.relay_outbox:
+            parts.append(f"outbox={await _outbox_backlog()}")
+        return " ".join(parts)
+
+
+async def _outbox_backlog() -> str:
+    def count() -> str:
+        from ..outbox import backlog
+
+        close_old_connections()
+        try:
+            return str(backlog().count)
+        except Exception:
+            return "?"
+        finally:
+            close_old_connections()
+
+    return await asyncio.to_thread(count)
+
+
+def _surface(task: asyncio.Task[None], results: list[Any]) -> None:
+    """Log a background task's crash instead of losing it."""
+    for result in results:
+        if isinstance(result, Exception):
+            logger.error("%s crashed", task.get_name(), exc_info=result)
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,47 @@
+"""``manage.py runconsumers``: run the ``@stream_consumer`` handlers of every installed app.
+
+python manage.py runconsumers                      # all consumers, until SIGTERM/Ctrl-C
+python manage.py runconsumers bill orders:mailer   # by name, stream or stream:group
+python manage.py runconsumers --burst              # until nothing new or pending is left
+"""
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ...consumers.runner import ConsumerRunner, configure_logging
+from ...exceptions import BrokerUnavailable, ConsumerDefinitionError
+
+
+class Command(BaseCommand):
+    """Thin shell over :class:`redis_broker.consumers.runner.ConsumerRunner`."""
+
+    help = "Run stream consumers: read, handle, ack, retry and dead-letter stream entries."
+    runner_class = ConsumerRunner
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        add = parser.add_argument
+        add("names", nargs="*", metavar="NAME", help="function name, stream or stream:group")
+        add("--concurrency", type=int, help="handler calls in flight per consumer")
+        add("--consumer-name", help="this worker's name in its groups (default: host-pid)")
+        add("--burst", action="store_true", help="exit 0 once nothing new or pending is left")
+        add(
+            "--no-outbox", dest="relay_outbox", action="store_false", help="do not relay the outbox"
+        )
+
+    def handle(self, *args: str, **options: Any) -> None:
+        configure_logging(options["verbosity"])
+        try:
+            runner = self.runner_class(
+                options["names"],
+                concurrency=options["concurrency"],
+                consumer_name=options["consumer_name"],
+                burst=options["burst"],
+                relay_outbox=options["relay_outbox"],
+                echo=self.stdout.write,
+            )
+            code = runner.run()
+        except (BrokerUnavailable, ConsumerDefinitionError, LookupError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        if code:
+            raise CommandError("Stopped before in-flight entries were finished.", returncode=code)

@@ -1,0 +1,59 @@
+"""Consumers the runner tests drive through ``runconsumers`` (found by autodiscovery).
+
+Their behaviour is scripted by the payload, so one consumer serves every test:
+``{"fail_times": n}`` raises on the first n deliveries, ``{"reject": true}`` raises
+``Reject``, ``{"sleep_ms": m}`` takes m milliseconds. Each call is counted in
+``test:attempts:<event_id>``; each success is appended to ``test:handled`` as
+``"<event_id> <pid> <delivery_count>"``, so tests can check who handled what, and how often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from redis_broker import Reject, StreamMessage, stream_consumer
+from redis_broker.connection import get_async_redis, get_redis
+
+from .models import Customer
+
+HANDLED = "test:handled"
+
+
+def attempts_key(event_id: str) -> str:
+    """Return the key counting the handler calls for one event."""
+    return f"test:attempts:{event_id}"
+
+
+def _verdict(message: StreamMessage, attempts: int) -> None:
+    data = message.data if isinstance(message.data, dict) else {}
+    if data.get("reject"):
+        raise Reject("the payload asked to be rejected")
+    if attempts <= int(data.get("fail_times", 0)):
+        raise RuntimeError(f"planned failure {attempts}")
+
+
+@stream_consumer("test.orders", group="workers")
+async def scripted(message: StreamMessage) -> None:
+    """Handle ``test.orders`` as the payload says (async)."""
+    client = get_async_redis()
+    attempts = await client.incr(attempts_key(message.event_id))
+    sleep_ms = message.data.get("sleep_ms", 0) if isinstance(message.data, dict) else 0
+    if sleep_ms:
+        await asyncio.sleep(sleep_ms / 1000)
+    _verdict(message, attempts)
+    await client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
+
+
+@stream_consumer("test.sync", group="workers")
+def scripted_sync(message: StreamMessage) -> None:
+    """Handle ``test.sync`` as the payload says, in a thread, touching the ORM."""
+    client = get_redis()
+    attempts = client.incr(attempts_key(message.event_id))
+    Customer.objects.count()  # the ORM works here: sync handlers run with a connection
+    sleep_ms = message.data.get("sleep_ms", 0) if isinstance(message.data, dict) else 0
+    if sleep_ms:
+        time.sleep(sleep_ms / 1000)
+    _verdict(message, attempts)
+    client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
