@@ -48,8 +48,12 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install ## Run the benchmarks (private Redis each)
+bench: install ## Run every benchmark (each starts its own private Redis)
 	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/consume.py
+	$(BIN)/python bench/model_events.py
+	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/admin.py
 
 clean: ## Remove the virtualenv, caches and local databases
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache .mypy_cache

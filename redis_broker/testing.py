@@ -32,7 +32,14 @@ import redis
 
 T = TypeVar("T")
 
-__all__ = ["RedisServer", "find_redis_server", "free_port", "wait_for"]
+__all__ = [
+    "RedisServer",
+    "find_redis_server",
+    "free_port",
+    "redis_url_or_private",
+    "stop_process",
+    "wait_for",
+]
 
 
 def free_port() -> int:
@@ -62,6 +69,17 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{message} did not hold within {timeout} s")
         time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop ``process`` with SIGTERM, then SIGKILL after ``timeout`` s, and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def find_redis_server() -> str:
@@ -146,15 +164,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait until it has exited."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
     def close(self) -> None:
@@ -168,6 +179,20 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def redis_url_or_private() -> Iterator[str]:
+    """Yield ``REDIS_URL`` when it is set, else the URL of a private server stopped after.
+
+    For scripts (benchmarks, the demo) that must never touch a Redis they were not given.
+    """
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
 
 
 # --------------------------------------------------------------------------- pytest plugin

@@ -41,7 +41,7 @@ _iterencode: Callable[[Any, int], Any] | None = (
     json.encoder.c_make_encoder(  # type: ignore[attr-defined]
         None,  # markers: circular references end in RecursionError instead
         _encoder.default,
-        json.encoder.py_encode_basestring,
+        json.encoder.encode_basestring,  # the C version where there is one
         _encoder.indent,
         ":",
         ",",
@@ -64,7 +64,7 @@ def dumps(value: Any, *, what: str = "payload") -> str:
         if _iterencode is None:
             return _encoder.encode(value)
         if isinstance(value, str):
-            return json.encoder.py_encode_basestring(value)
+            return json.encoder.encode_basestring(value)
         return "".join(_iterencode(value, 0))
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"The {what} cannot be encoded as JSON: {exc}") from exc

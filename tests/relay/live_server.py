@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from redis_broker.testing import free_port, wait_for
+from redis_broker.testing import free_port, stop_process, wait_for
 from tests.helpers import ROOT
 
 
@@ -48,13 +48,7 @@ class LiveServer:
 
     def stop(self) -> None:
         """Stop daphne (SIGTERM, then SIGKILL)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def output(self) -> str:
         """Return what daphne printed (after it stopped)."""

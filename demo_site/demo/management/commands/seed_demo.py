@@ -1,9 +1,11 @@
-"""Create the demo's users (idempotent) and print their logins."""
+"""Create the demo's users and a ticket for each (idempotent) and print their logins."""
 
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+
+from demo_site.demo.models import Ticket
 
 DEMO_USERS = [
     # username, password, superuser
@@ -14,9 +16,9 @@ DEMO_USERS = [
 
 
 class Command(BaseCommand):
-    """``manage.py seed_demo``: make sure the demo superuser and two users exist."""
+    """``manage.py seed_demo``: make sure the demo superuser, two users and their tickets exist."""
 
-    help = "Create the demo superuser and two demo users, and print their logins."
+    help = "Create the demo superuser, two demo users with a ticket each, and print the logins."
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
@@ -28,3 +30,6 @@ class Command(BaseCommand):
             user.save()
             role = "superuser" if superuser else "user"
             self.stdout.write(f"  {role:9} {username} / {password}")
+            if not superuser:
+                # Something to change on /tickets/ from the first visit on.
+                Ticket.objects.get_or_create(owner=user, title=f"{username}'s printer is jammed")
