@@ -15,7 +15,6 @@ disturbed by other processes); prints the ratios events/no events (targets: on_c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -51,28 +50,21 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from redis_broker.testing import RedisServer
+    from redis_broker.testing import redis_url_or_private
 
-    server = None
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        server = RedisServer()
-        url = server.start()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-model-events-")
-    try:
+    with (
+        redis_url_or_private() as url,
+        tempfile.TemporaryDirectory(prefix="bench-model-events-") as tmp,
+    ):
         if args.database_url:
             import environ
 
             database = environ.Env.db_url_config(args.database_url)
         else:
-            sqlite = str(Path(tmp.name) / "bench.sqlite3")
+            sqlite = str(Path(tmp) / "bench.sqlite3")
             database = {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite}
         configure(url, database)
         run(url, args.saves, args.rounds)
-    finally:
-        tmp.cleanup()
-        if server is not None:
-            server.close()
 
 
 def run(url: str, saves: int, rounds: int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -56,13 +55,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="entries per publish_many")
     args = parser.parse_args()
 
-    from redis_broker.testing import RedisServer
+    from redis_broker.testing import redis_url_or_private
 
-    server = None
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        server = RedisServer()
-        url = server.start()
+    with redis_url_or_private() as url:
+        measure(url, args.seconds, args.batch)
+
+
+def measure(url: str, seconds: float, batch_size: int) -> None:
+    """Time ours and raw redis-py against the Redis at ``url`` and print the ratios."""
     configure(url)
     from redis_broker import publish, publish_many
 
@@ -90,25 +90,25 @@ def main() -> None:
         raw.xadd("bench.floor", {"data": payload_text}, maxlen=MAXLEN, approximate=True)
         return 1
 
-    batch = [PAYLOAD] * args.batch
+    batch = [PAYLOAD] * batch_size
 
     def ours_many() -> int:
         publish_many("bench.ours", batch, type="order.created")
-        return args.batch
+        return batch_size
 
     def raw_many() -> int:
         pipe = raw.pipeline(transaction=False)
-        for _ in range(args.batch):
+        for _ in range(batch_size):
             pipe.xadd("bench.raw", raw_fields(), maxlen=MAXLEN, approximate=True)
         pipe.execute()
-        return args.batch
+        return batch_size
 
     def raw_many_floor() -> int:
         pipe = raw.pipeline(transaction=False)
-        for _ in range(args.batch):
+        for _ in range(batch_size):
             pipe.xadd("bench.floor", {"data": payload_text}, maxlen=MAXLEN, approximate=True)
         pipe.execute()
-        return args.batch
+        return batch_size
 
     # Interleave ours and raw twice so drift on a busy machine hits both alike.
     results: dict[str, list[float]] = {}
@@ -117,25 +117,23 @@ def main() -> None:
             ("publish()", ours_one),
             ("raw xadd", raw_one),
             ("raw xadd, one pre-encoded field", raw_one_floor),
-            (f"publish_many() x{args.batch}", ours_many),
-            (f"raw pipeline x{args.batch}", raw_many),
-            (f"raw pipeline x{args.batch}, one pre-encoded field", raw_many_floor),
+            (f"publish_many() x{batch_size}", ours_many),
+            (f"raw pipeline x{batch_size}", raw_many),
+            (f"raw pipeline x{batch_size}, one pre-encoded field", raw_many_floor),
         ]:
-            results.setdefault(name, []).append(rate(fn, args.seconds / 2))
+            results.setdefault(name, []).append(rate(fn, seconds / 2))
     best = {name: max(values) for name, values in results.items()}
     width = max(map(len, best))
     for name, value in best.items():
         print(f"  {name:<{width}}  {value:>10,.0f} entries/s")
     one = best["publish()"] / best["raw xadd"]
-    many = best[f"publish_many() x{args.batch}"] / best[f"raw pipeline x{args.batch}"]
+    many = best[f"publish_many() x{batch_size}"] / best[f"raw pipeline x{batch_size}"]
     print(f"ratio publish()/raw xadd:               {one:.2f}  (target >= 0.85)")
     print(f"ratio publish_many()/raw pipeline:      {many:.2f}  (target >= 0.85)")
-    floor = best[f"raw pipeline x{args.batch}, one pre-encoded field"]
-    floor_ratio = best[f"publish_many() x{args.batch}"] / floor
+    floor = best[f"raw pipeline x{batch_size}, one pre-encoded field"]
+    floor_ratio = best[f"publish_many() x{batch_size}"] / floor
     print(f"ratio publish_many()/pre-encoded floor:  {floor_ratio:.2f}  (4 fields vs 1)")
     raw.close()
-    if server is not None:
-        server.close()
 
 
 if __name__ == "__main__":
