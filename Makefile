@@ -33,7 +33,7 @@ chromium: ## Install Debian's Chromium for the browser tests, when missing and p
 demo: install ## Run the demo (daphne + runconsumers) on http://127.0.0.1:8000
 	$(BIN)/python -m demo_site.run
 
-test: install chromium ## Run the whole test suite against a real Redis and a real browser
+test: install chromium lint ## Lint, type-check, then run the whole suite (real Redis, real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: install ## Run the database-dependent tests against PostgreSQL (DATABASE_URL)
