@@ -199,10 +199,17 @@ def stream(request: HttpRequest, model_admin: BrokerAdmin, stream: str) -> HttpR
         summary=summary,
         page=page,
         form=form,
-        newest_url=with_query(here, keep),
-        older_url=with_query(here, {**keep, "before": page.older}) if page.older else None,
-        newer_url=with_query(here, {**keep, "after": page.newer}) if page.newer else None,
+        **pager_urls(here, keep, page),
     )
+
+
+def pager_urls(here: str, keep: dict[str, Any], page: queries.EntryPage) -> dict[str, Any]:
+    """Return the Newest / Older / Newer links of a cursor-paged entry list."""
+    return {
+        "newest_url": with_query(here, keep),
+        "older_url": with_query(here, {**keep, "before": page.older}) if page.older else None,
+        "newer_url": with_query(here, {**keep, "after": page.newer}) if page.newer else None,
+    }
 
 
 @inspector_view()
@@ -308,9 +315,7 @@ def dead_letters(request: HttpRequest, model_admin: BrokerAdmin, stream: str) ->
         stream=stream,
         dlq=dlq,
         page=page,
-        newest_url=with_query(here, keep),
-        older_url=with_query(here, {**keep, "before": page.older}) if page.older else None,
-        newer_url=with_query(here, {**keep, "after": page.newer}) if page.newer else None,
+        **pager_urls(here, keep, page),
     )
 
 
