@@ -12,7 +12,8 @@ import pytest
 import redis
 from django.test import override_settings
 
-from redis_broker import publish
+from redis_broker import apublish, publish
+from redis_broker.connection import aclose_async_redis
 from redis_broker.testing import RedisServer, free_port, wait_for
 
 
@@ -144,3 +145,28 @@ def test_sentinel_settings_find_the_master(sentinel: tuple[int, RedisServer]) ->
         assert client.xlen("orders") == 1
     finally:
         client.close()
+
+
+async def test_async_client_reaches_tls_and_sentinel_masters(
+    tls_server: tuple[int, Path], sentinel: tuple[int, RedisServer]
+) -> None:
+    """Tests that apublish builds its per-loop client with the same TLS and Sentinel options."""
+    port, ca = tls_server
+    tls = {"URL": f"rediss://127.0.0.1:{port}/0", "OPTIONS": {"ssl_ca_certs": str(ca)}}
+    sentinel_port, master = sentinel
+    via_sentinel = {
+        "URL": "redis://localhost/0",
+        "SENTINELS": [("127.0.0.1", sentinel_port)],
+        "SENTINEL_SERVICE": "mymaster",
+    }
+    for settings, check in (
+        (tls, redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca))),
+        (via_sentinel, redis.Redis.from_url(master.url)),
+    ):
+        with override_settings(REDIS_BROKER=settings):
+            await apublish("orders", {"id": 2})
+            await aclose_async_redis()
+        try:
+            assert check.xlen("orders") == 1
+        finally:
+            check.close()
