@@ -177,10 +177,6 @@ class ConsumerRegistry:
             chosen.extend(spec for spec in found if spec not in chosen)
         return chosen
 
-    def unregister(self, func: Callable[..., Any]) -> None:
-        """Remove the spec of ``func`` (tests)."""
-        self._specs.pop(dotted_path(func), None)
-
 
 #: The process-wide registry ``@stream_consumer`` writes to.
 registry = ConsumerRegistry()

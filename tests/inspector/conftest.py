@@ -18,6 +18,18 @@ GROUP = "billing"
 DLQ = "orders:dlq"
 
 
+#: Every read-only inspector page, as (URL name, kwargs).
+PAGES = [
+    ("broker_changelist", {}),
+    ("stream", {"stream": STREAM}),
+    ("groups", {"stream": STREAM}),
+    ("pending", {"stream": STREAM, "group": GROUP}),
+    ("dead_letters", {"stream": STREAM}),
+    ("pubsub", {}),
+    ("outbox", {}),
+]
+
+
 @pytest.fixture
 def user_client(db: Any) -> Callable[..., Client]:
     """Return a factory of logged-in clients for staff users with the given codenames."""

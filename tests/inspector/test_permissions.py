@@ -10,17 +10,7 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from .conftest import DLQ, GROUP, STREAM, Seeded, snapshot
-
-PAGES = [
-    ("broker_changelist", {}),
-    ("stream", {"stream": STREAM}),
-    ("groups", {"stream": STREAM}),
-    ("pending", {"stream": STREAM, "group": GROUP}),
-    ("dead_letters", {"stream": STREAM}),
-    ("pubsub", {}),
-    ("outbox", {}),
-]
+from .conftest import DLQ, GROUP, PAGES, STREAM, Seeded, snapshot
 
 
 def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str, object]]]:
