@@ -17,7 +17,9 @@ class OutboxEvent(models.Model):
     id = models.BigAutoField(primary_key=True)
     stream = models.CharField(max_length=255, help_text="Stream name, without KEY_PREFIX.")
     fields = models.JSONField(help_text="Encoded stream entry fields (wire format).")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Not indexed: every outbox-delivered save inserts a row, and the oldest waiting row
+    # is the one with the lowest id, found through the primary key.
+    created_at = models.DateTimeField(auto_now_add=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
 

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import redis
 from django.db import close_old_connections, connections, router, transaction
-from django.db.models import Count, F, Min
+from django.db.models import Count, F, Window
 from django.utils import timezone
 
 from . import publishing
@@ -45,8 +45,16 @@ class OutboxBacklog:
 
 def backlog() -> OutboxBacklog:
     """Return the outbox backlog in one query (sync: call it from a thread in async code)."""
-    row = OutboxEvent.objects.aggregate(count=Count("id"), oldest=Min("created_at"))
-    return OutboxBacklog(count=row["count"] or 0, oldest=row["oldest"])
+    # The oldest row has the lowest id: read it through the primary key, with the count
+    # of all rows as a window over the same scan.
+    first = (
+        OutboxEvent.objects.order_by("id")
+        .annotate(total=Window(Count("id")))
+        .values_list("created_at", "total")[:1]
+    )
+    for oldest, count in first:
+        return OutboxBacklog(count=count, oldest=oldest)
+    return OutboxBacklog(count=0, oldest=None)
 
 
 # --- The relay ------------------------------------------------------------------------

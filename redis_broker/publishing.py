@@ -12,7 +12,13 @@ from typing import Any, cast
 
 from . import wire
 from .conf import BrokerConfig, get_config
-from .connection import atranslate_errors, get_async_redis, get_redis, translate_errors
+from .connection import (
+    atranslate_errors,
+    execute_batch,
+    get_async_redis,
+    get_redis,
+    translate_errors,
+)
 from .naming import matches_any, prefixed
 
 # XADD and PUBLISH in one atomic step, so the message a browser receives carries the id
@@ -92,13 +98,19 @@ def publish_encoded(
     if not entries:
         return []
     config = get_config()
-    xadd_args = _xadd_args(config)
+    trim: tuple[Any, ...] = (
+        () if config.stream_maxlen is None else ("MAXLEN", "~", config.stream_maxlen)
+    )
+    prefix = "" if prefixed_keys else config.key_prefix
+    commands = [
+        ("XADD", prefixed(prefix, stream), *trim, "*", *_flat(fields)) for stream, fields in entries
+    ]
     with translate_errors():
-        pipe = get_redis().pipeline(transaction=False)
-        for stream, fields in entries:
-            key = stream if prefixed_keys else prefixed(config.key_prefix, stream)
-            pipe.xadd(key, cast(Any, dict(fields)), **xadd_args)
-        return _ids(pipe.execute())
+        return _ids(execute_batch(get_redis(), commands))
+
+
+def _flat(fields: Mapping[str, str]) -> list[str]:
+    return [part for pair in fields.items() for part in pair]
 
 
 def _durable_args(

@@ -28,6 +28,7 @@ REDIS_BROKER = {
         "testapp.Order": {"stream": "shop.orders"},
         "testapp.Invoice": {"stream": "billing.invoices", "delivery": "outbox"},
         "testapp.Note": {"fields": ["title"], "actions": ["created", "deleted"]},
+        "testapp.Preference": {"stream": "prefs"},
     },
     "OUTBOX": {"POLL_MS": 50},
 }

@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 from django.test import override_settings
 
 from redis_broker import BrokerUnavailable, broadcast, publish
-from redis_broker.connection import get_redis, mask_url
+from redis_broker.connection import execute_batch, get_redis, mask_url
 from redis_broker.testing import RedisServer, free_port
 
 
@@ -121,3 +122,63 @@ def test_client_survives_a_redis_restart(redis_server_factory: Callable[[], Redi
         server.start()
         publish("orders", 3)
         assert get_redis().xlen("orders") == 1  # the restarted Redis kept nothing
+
+
+def test_execute_batch_returns_replies_in_order_in_one_write(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests that a batch of commands is one socket write and gives each reply in order."""
+    client = get_redis()
+    client.ping()  # open the pooled connection first
+    writes: list[int] = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def spy(self: Any, command: Any, check_health: bool = True) -> None:
+        writes.append(1)
+        real(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
+    replies = execute_batch(client, [("XADD", "batch", "*", "n", str(n)) for n in range(200)])
+    assert writes == [1]
+    entries = redis_client.xrange("batch")
+    assert [fields["n"] for _id, fields in entries] == [str(n) for n in range(200)]
+    assert [entry_id.encode() for entry_id, _fields in entries] == replies
+
+
+def test_execute_batch_reads_every_reply_before_raising_a_command_error(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests that a refused command in a batch raises after the others ran, and the pooled
+    connection stays open and in step for the next command."""
+    client = get_redis()
+    connection_id = client.client_id()
+    redis_client.set("not-a-stream", "x")
+    commands = [
+        ("XADD", "ok", "*", "n", "1"),
+        ("XADD", "not-a-stream", "*", "n", "2"),
+        ("XADD", "ok", "*", "n", "3"),
+    ]
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        execute_batch(client, commands)
+    assert redis_client.xlen("ok") == 2
+    assert client.echo("in step") == b"in step"  # not a stale reply from the batch
+    assert client.client_id() == connection_id
+
+
+def test_execute_batch_resends_a_batch_whose_connection_dropped(redis_client: redis.Redis) -> None:
+    """Tests that a connection lost in the middle of a batch is retried on a new one.
+
+    The batch's first command kills its own connection, so Redis runs nothing after it;
+    on the retry that connection no longer exists (nothing to kill) and the XADD runs.
+    """
+    client = get_redis()
+    doomed = client.client_id()
+    commands = [
+        ("CLIENT", "KILL", "ID", doomed, "SKIPME", "no"),
+        ("XADD", "after-drop", "*", "n", "1"),
+    ]
+    killed, entry_id = execute_batch(client, commands)
+    assert killed == 0  # the retry's answer: the first attempt's connection was gone
+    assert redis_client.xrange("after-drop")[0][0].encode() == entry_id
+    assert redis_client.xlen("after-drop") == 1
+    assert client.client_id() != doomed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import os
 import uuid
 
 import pytest
@@ -126,3 +127,28 @@ def test_foreign_pubsub_json_is_wrapped_as_data() -> None:
     decoded = wire.decode_message(b'{"hello": "world"}')
     assert decoded.data == {"hello": "world"}
     assert decoded.event_id == ""
+
+
+def test_event_ids_are_uuid4_text_and_never_repeat() -> None:
+    """Tests that event ids read as UUID4 and stay unique across many blocks of ids."""
+    ids = [wire.new_event_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(str(uuid.UUID(event_id, version=4)) == event_id for event_id in ids)
+
+
+def test_forked_child_does_not_repeat_its_parents_event_ids() -> None:
+    """Tests that a child forked with ids made ahead draws its own, not the parent's next."""
+    wire.new_event_id()  # the parent now holds ids made ahead
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next ids, exit without running pytest's cleanup
+        os.close(read_end)
+        os.write(write_end, json.dumps([wire.new_event_id() for _ in range(20)]).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_ids = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    parent_ids = [wire.new_event_id() for _ in range(20)]
+    assert len(child_ids) == 20
+    assert not set(child_ids) & set(parent_ids)

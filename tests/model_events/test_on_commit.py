@@ -8,6 +8,7 @@ These tests use ``django_db(transaction=True)``: the events are published by
 from __future__ import annotations
 
 import datetime
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -15,9 +16,9 @@ import redis
 from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 
-from redis_broker import publish_model_event
+from redis_broker import publish_model_event, wire
 from redis_broker.model_events import connect_receivers
-from tests.testapp.models import Customer, Note, Order
+from tests.testapp.models import Customer, Note, Order, Preference
 
 from .conftest import model_events, read_stream
 
@@ -179,6 +180,43 @@ def test_get_or_create_in_a_loop_publishes_in_one_round_trip(
     assert publish_calls == [4]
     statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
     assert statuses == ["s3", "s0", "s1", "s2", "s4"]
+
+
+def test_events_carry_the_values_saved_not_later_changes_before_commit(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests that changing an instance (or its JSONField dict) after save leaves its event alone."""
+    with transaction.atomic():
+        order = Order.objects.create(status="saved")
+        order.status = "changed in memory"
+        pref = Preference.objects.create(name="theme", data={"colour": "blue", "tags": ["a"]})
+        pref.data["colour"] = "red"
+        pref.data["tags"].append("b")
+        pref.name = "renamed in memory"
+    [order_event] = read_stream(redis_client, "shop.orders")
+    assert order_event.data["fields"]["status"] == "saved"
+    [pref_event] = read_stream(redis_client, "prefs")
+    assert pref_event.data["fields"] == {
+        "id": pref.pk,
+        "name": "theme",
+        "data": {"colour": "blue", "tags": ["a"]},
+    }
+
+
+def test_events_of_a_transaction_have_distinct_uuid4_ids_and_save_times(
+    redis_client: redis.Redis,
+) -> None:
+    """Tests the envelope of buffered events: a fresh UUID4 each, published_at from the save."""
+    before = wire.now_iso()
+    with transaction.atomic():
+        for i in range(300):
+            Order.objects.create(status=f"s{i}")
+        saved = wire.now_iso()
+    entries = read_stream(redis_client, "shop.orders")
+    ids = [entry.event_id for entry in entries]
+    assert len(set(ids)) == 300
+    assert all(str(uuid.UUID(event_id, version=4)) == event_id for event_id in ids)
+    assert all(before <= entry.published_at <= saved for entry in entries)
 
 
 def test_fields_setting_limits_the_payload(redis_client: redis.Redis) -> None:

@@ -13,18 +13,21 @@ import io
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis
 from channels.db import database_sync_to_async
 from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from redis_broker import wire
 from redis_broker.model_events import store
 from redis_broker.models import OutboxEvent
-from redis_broker.outbox import OutboxRelay, backlog
+from redis_broker.outbox import OutboxBacklog, OutboxRelay, backlog
 from redis_broker.testing import RedisServer, wait_for
 from tests.helpers import manage, subprocess_env
 from tests.testapp.models import Invoice, Order
@@ -126,6 +129,45 @@ def test_outbox_delivery_writes_the_row_in_the_same_transaction(
         "pk": invoice.pk,
         "fields": {"id": invoice.pk, "number": "INV-1", "amount": "9.90"},
     }
+
+
+def test_outbox_rows_are_visible_to_query_observers(redis_client: redis.Redis) -> None:
+    """Tests that the outbox INSERT shows up where Django users look for queries.
+
+    Unobserved, SQLite takes a faster path past Django's cursor wrapper; with an
+    ``execute_wrapper`` or query capture in place (``assertNumQueries``, ``DEBUG``) the
+    INSERT goes through Django's cursor and is seen.
+    """
+    seen: list[str] = []
+
+    def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper), transaction.atomic():
+        Invoice.objects.create(number="INV-W")
+    with CaptureQueriesContext(connection) as captured, transaction.atomic():
+        Invoice.objects.create(number="INV-C")
+    outbox_table = OutboxEvent._meta.db_table
+    assert sum(outbox_table in sql for sql in seen) == 1
+    assert sum(outbox_table in query["sql"] for query in captured.captured_queries) == 1
+    assert [f["type"] for f in OutboxEvent.objects.values_list("fields", flat=True)] == [
+        "testapp.invoice.created",
+        "testapp.invoice.created",
+    ]
+
+
+def test_backlog_counts_rows_and_dates_the_oldest() -> None:
+    """Tests the backlog figures: every waiting row counted, the oldest one's time given."""
+    assert backlog() == OutboxBacklog(count=0, oldest=None)
+    store(rows(3))
+    first = OutboxEvent.objects.order_by("id").first()
+    assert first is not None
+    OutboxEvent.objects.filter(pk=first.pk).update(created_at=first.created_at - timedelta(hours=1))
+    waiting = backlog()
+    assert waiting.count == 3
+    assert waiting.oldest == first.created_at - timedelta(hours=1)
+    assert waiting.oldest_age_seconds is not None and waiting.oldest_age_seconds >= 3600
 
 
 @pytest.mark.slow

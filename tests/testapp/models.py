@@ -54,3 +54,13 @@ class Tick(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Preference(models.Model):
+    """Has a JSONField, whose dict a caller may change in place after saving."""
+
+    name = models.CharField(max_length=50)
+    data = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return self.name
