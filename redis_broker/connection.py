@@ -202,12 +202,18 @@ def execute_batch(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> l
         pool.release(conn)
 
 
+#: Commands per write in a batch: Redis runs the first writes while the rest are packed.
+BATCH_WRITE_SIZE = 200
+
+
 def _exchange(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    if _hiredis_pack is not None:
-        packed: Any = [b"".join([_hiredis_pack(command) for command in commands])]
-    else:
-        packed = conn.pack_commands(commands)
-    conn.send_packed_command(packed)
+    for start in range(0, len(commands), BATCH_WRITE_SIZE):
+        chunk = commands[start : start + BATCH_WRITE_SIZE]
+        if _hiredis_pack is not None:
+            packed: Any = [b"".join([_hiredis_pack(command) for command in chunk])]
+        else:
+            packed = conn.pack_commands(chunk)
+        conn.send_packed_command(packed, check_health=not start)
     replies: list[Any] = []
     error: redis.ResponseError | None = None
     for _ in commands:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import weakref
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -166,7 +166,7 @@ class _Recorder:
     the model is first seen and dropped when ``REDIS_BROKER`` changes.
     """
 
-    __slots__ = ("spec", "getters", "types")
+    __slots__ = ("spec", "getters", "keys", "read_all", "types", "buffered")
 
     def __init__(self, spec: ModelEventSettings, model: type[models.Model]) -> None:
         self.spec = spec
@@ -177,8 +177,12 @@ class _Recorder:
         else:
             by_name = {f.name: f for f in concrete} | {f.attname: f for f in concrete}
             self.getters = tuple((name, by_name[name].attname, by_name[name]) for name in names)
+        self.keys = tuple(key for key, _, _ in self.getters)
+        # Reads every attribute in one C call; always returns a tuple (note the "pk").
+        self.read_all = operator.attrgetter("pk", *(attname for _, attname, _ in self.getters))
         label = model._meta.label_lower
         self.types = {action: f"{label}.{action}" for action in spec.actions}
+        self.buffered = spec.delivery == "on_commit"
 
     def values(self, instance: models.Model) -> tuple[dict[str, Any], bool]:
         """Return the event's field values and whether all of them are immutable.
@@ -211,18 +215,23 @@ class _Recorder:
     def record(self, instance: models.Model, action: str, using: str) -> None:
         """Deliver ``action`` on ``instance`` per ``delivery`` (the receivers' common path)."""
         connection = connections[using]
-        if self.spec.delivery == "on_commit" and connection.in_atomic_block:
+        if self.buffered and connection.in_atomic_block:
             # Buffered until the commit. An event whose values (and pk) are all
             # immutable scalars is kept as they are and encoded at commit, in one tight
             # loop with the transaction's other events; they cannot fail to encode, and
             # a later change to the instance cannot reach them. Anything else (a
             # JSONField's dict or list) is encoded now, so it is frozen as it was saved.
+            pending_events = _pending_for(connection)
+            pk, *read = self.read_all(instance)
+            if _SCALAR_TYPES.issuperset(map(type, read)) and type(pk) in _SCALAR_TYPES:
+                values = dict(zip(self.keys, read, strict=True))  # the common case: no loop
+                pending_events.add(_Deferred(self, action, pk, values, wire.now_iso()))
+                return
             values, immutable = self.values(instance)
-            pending = _Deferred(self, action, instance.pk, values, wire.now_iso())
-            if immutable and type(pending.pk) in _SCALAR_TYPES:
-                _pending_for(connection).add(pending)
-            else:
-                _pending_for(connection).add(pending.encode())
+            pending = _Deferred(self, action, pk, values, wire.now_iso())
+            pending_events.add(
+                pending if immutable and type(pk) in _SCALAR_TYPES else pending.encode()
+            )
             return
         event = self.encode(instance, action)
         if self.spec.delivery == "outbox":
@@ -362,8 +371,11 @@ def deliver(events: Sequence[Event]) -> None:
             for stream in {stream for stream, _ in events}
             if outbox.filter(stream=stream).exists()
         }
-        direct = [event for event in events if event[0] not in waiting]
-        queued: Sequence[Event] = [event for event in events if event[0] in waiting]
+        direct: Sequence[Event] = events
+        queued: Sequence[Event] = ()
+        if waiting:
+            direct = [event for event in events if event[0] not in waiting]
+            queued = [event for event in events if event[0] in waiting]
         if direct:
             try:
                 publishing.publish_encoded(direct)
@@ -472,14 +484,15 @@ class _PendingEvents:
         deliver(_encoded(events))
 
 
-_pending: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _PendingEvents] = (
-    weakref.WeakKeyDictionary()
-)
+#: The connection attribute that holds its buffer: connection objects are per thread
+#: (and per async context), and so are the buffers; the buffer lives as long as its
+#: connection, and a plain attribute is the cheapest lookup on every save.
+_PENDING_ATTR = "_redis_broker_pending_events"
 
 
 def _pending_for(connection: BaseDatabaseWrapper) -> _PendingEvents:
-    # Connection objects are per thread (and per async context), so are the buffers.
-    pending = _pending.get(connection)
+    pending = connection.__dict__.get(_PENDING_ATTR)
     if pending is None:
-        pending = _pending[connection] = _PendingEvents(connection)
+        pending = _PendingEvents(connection)
+        setattr(connection, _PENDING_ATTR, pending)
     return pending

@@ -8,6 +8,7 @@ failures surface as ``BrokerUnavailable`` naming the masked URL.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any, cast
 
 from . import wire
@@ -98,19 +99,24 @@ def publish_encoded(
     if not entries:
         return []
     config = get_config()
-    trim: tuple[Any, ...] = (
-        () if config.stream_maxlen is None else ("MAXLEN", "~", config.stream_maxlen)
-    )
     prefix = "" if prefixed_keys else config.key_prefix
-    commands = [
-        ("XADD", prefixed(prefix, stream), *trim, "*", *_flat(fields)) for stream, fields in entries
+    commands: list[tuple[Any, ...]] = [
+        ("XADD", prefixed(prefix, stream), "*", *_flat(fields)) for stream, fields in entries
     ]
+    if config.stream_maxlen is not None:
+        # Trimming is approximate anyway, so each stream is trimmed once, by its last XADD
+        # in the batch: the server skips the trim check on the others.
+        last = {command[1]: i for i, command in enumerate(commands)}
+        trim = ("MAXLEN", "~", config.stream_maxlen)
+        for i in last.values():
+            command = commands[i]
+            commands[i] = (*command[:2], *trim, *command[2:])
     with translate_errors():
         return _ids(execute_batch(get_redis(), commands))
 
 
-def _flat(fields: Mapping[str, str]) -> list[str]:
-    return [part for pair in fields.items() for part in pair]
+def _flat(fields: Mapping[str, str]) -> Iterable[str]:
+    return chain.from_iterable(fields.items())
 
 
 def _durable_args(

@@ -12,7 +12,7 @@ import redis
 from django.test import override_settings
 
 from redis_broker import BrokerUnavailable, broadcast, publish
-from redis_broker.connection import execute_batch, get_redis, mask_url
+from redis_broker.connection import BATCH_WRITE_SIZE, execute_batch, get_redis, mask_url
 from redis_broker.testing import RedisServer, free_port
 
 
@@ -124,10 +124,11 @@ def test_client_survives_a_redis_restart(redis_server_factory: Callable[[], Redi
         assert get_redis().xlen("orders") == 1  # the restarted Redis kept nothing
 
 
-def test_execute_batch_returns_replies_in_order_in_one_write(
+def test_execute_batch_sends_commands_in_a_few_writes_and_returns_replies_in_order(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tests that a batch of commands is one socket write and gives each reply in order."""
+    """Tests that a batch goes out in writes of BATCH_WRITE_SIZE commands, without waiting
+    for replies in between, and gives each reply in order."""
     client = get_redis()
     client.ping()  # open the pooled connection first
     writes: list[int] = []
@@ -138,10 +139,11 @@ def test_execute_batch_returns_replies_in_order_in_one_write(
         real(self, command, check_health)
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
-    replies = execute_batch(client, [("XADD", "batch", "*", "n", str(n)) for n in range(200)])
-    assert writes == [1]
+    count = 2 * BATCH_WRITE_SIZE + 50
+    replies = execute_batch(client, [("XADD", "batch", "*", "n", str(n)) for n in range(count)])
+    assert len(writes) == 3
     entries = redis_client.xrange("batch")
-    assert [fields["n"] for _id, fields in entries] == [str(n) for n in range(200)]
+    assert [fields["n"] for _id, fields in entries] == [str(n) for n in range(count)]
     assert [entry_id.encode() for entry_id, _fields in entries] == replies
 
 

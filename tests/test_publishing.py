@@ -17,6 +17,8 @@ from redis_broker import (
     broadcast,
     publish,
     publish_many,
+    publishing,
+    wire,
 )
 from redis_broker.connection import aclose_async_redis
 from redis_broker.testing import wait_for
@@ -107,6 +109,29 @@ def test_streams_are_trimmed_approximately_to_maxlen(
         assert 20 <= length <= 30
         last = redis_client.xrevrange("events", count=1)[0][1]
         assert json.loads(last["data"]) == {"n": 199}
+    finally:
+        redis_client.config_set("stream-node-max-entries", 100)
+
+
+def test_a_batch_over_several_streams_trims_each_of_them(
+    redis_client: redis.Redis, redis_broker_url: str
+) -> None:
+    """Tests that one batch (as a commit's model events are sent) leaves every stream it
+    wrote near STREAM_MAXLEN, ending with its last entry, though only one XADD per stream
+    carries the trim."""
+    redis_client.config_set("stream-node-max-entries", 10)
+    try:
+        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+            entries = [
+                (stream, wire.encode_entry({"n": n}))
+                for n in range(200)
+                for stream in ("left", "right")
+            ]
+            publishing.publish_encoded(entries)
+        for stream in ("left", "right"):
+            assert 20 <= redis_client.xlen(stream) <= 30
+            last = redis_client.xrevrange(stream, count=1)[0][1]
+            assert json.loads(last["data"]) == {"n": 199}
     finally:
         redis_client.config_set("stream-node-max-entries", 100)
 
