@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -125,23 +124,16 @@ def test_client_survives_a_redis_restart(redis_server_factory: Callable[[], Redi
 
 
 def test_execute_batch_sends_commands_in_a_few_writes_and_returns_replies_in_order(
-    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: redis.Redis, sends: list[int]
 ) -> None:
     """Tests that a batch goes out in writes of BATCH_WRITE_SIZE commands, without waiting
     for replies in between, and gives each reply in order."""
     client = get_redis()
     client.ping()  # open the pooled connection first
-    writes: list[int] = []
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def spy(self: Any, command: Any, check_health: bool = True) -> None:
-        writes.append(1)
-        real(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
+    sends.clear()
     count = 2 * BATCH_WRITE_SIZE + 50
     replies = execute_batch(client, [("XADD", "batch", "*", "n", str(n)) for n in range(count)])
-    assert len(writes) == 3
+    assert len(sends) == 3
     entries = redis_client.xrange("batch")
     assert [fields["n"] for _id, fields in entries] == [str(n) for n in range(count)]
     assert [entry_id.encode() for entry_id, _fields in entries] == replies

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -22,20 +21,6 @@ from redis_broker import (
 )
 from redis_broker.connection import aclose_async_redis
 from redis_broker.testing import wait_for
-
-
-@pytest.fixture
-def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the real socket writes of sync clients (a spy: the real method still runs)."""
-    calls: list[int] = []
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def spy(self: Any, command: Any, check_health: bool = True) -> None:
-        calls.append(1)
-        real(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
-    return calls
 
 
 def test_published_entry_is_readable_with_plain_redis_py(redis_client: redis.Redis) -> None:
