@@ -171,13 +171,15 @@ def get_async_redis() -> redis.asyncio.Redis:
 
 
 def execute_batch(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """Send ``commands`` in one write and return their raw replies, in order.
+    """Send ``commands`` in one round trip and return their raw replies, in order.
 
     A non-transactional pipeline without the pipeline's per-command Python work. That
     work (building each command, packing it, running its response callback) costs a few
     microseconds per command, which is most of what a commit with a thousand model
     events spends talking to Redis. Commands are packed by hiredis when it is installed
-    and replies are returned as the parser gives them (bytes, no callbacks).
+    and written ``BATCH_WRITE_SIZE`` at a time, without waiting for replies in between,
+    so Redis runs the first ones while the rest are packed; replies are returned as the
+    parser gives them (bytes, no callbacks).
 
     The pipeline's rules hold: every reply is read before the first ``ResponseError`` is
     raised, so the connection never goes back to the pool out of step; a dropped

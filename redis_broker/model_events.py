@@ -1,8 +1,9 @@
 """Model events: publish configured models' saves and deletes after the transaction commits.
 
 For every model in ``REDIS_BROKER["MODEL_EVENTS"]``, ``post_save`` and ``post_delete``
-encode an event at once (so its ``event_id`` and ``published_at`` are fixed when the
-change happens) and then, depending on ``delivery``:
+take the event's values and ``published_at`` when the change happens (its ``event_id``
+is drawn once, when it is encoded, at the latest at commit) and then, depending on
+``delivery``:
 
 * ``"on_commit"`` (default): the event waits in a per-transaction buffer and is
   published when the transaction commits, together with the transaction's other events
@@ -98,9 +99,6 @@ def _connect_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
             connect_receivers()
 
 
-_UNSET: Any = object()
-
-
 def _post_save(
     sender: type[models.Model],
     instance: models.Model,
@@ -112,9 +110,7 @@ def _post_save(
     # raw=True is loaddata: the fixture describes state, not something that happened.
     if raw:
         return
-    recorder = _recorders.get(sender, _UNSET)
-    if recorder is _UNSET:
-        recorder = _recorder_for(sender)
+    recorder = _recorder_for(sender)
     action = "created" if created else "updated"
     if recorder is not None and action in recorder.types:
         recorder.record(instance, action, using)
@@ -123,9 +119,7 @@ def _post_save(
 def _post_delete(
     sender: type[models.Model], instance: models.Model, using: str = "default", **kwargs: Any
 ) -> None:
-    recorder = _recorders.get(sender, _UNSET)
-    if recorder is _UNSET:
-        recorder = _recorder_for(sender)
+    recorder = _recorder_for(sender)
     if recorder is not None and "deleted" in recorder.types:
         recorder.record(instance, "deleted", using)
 
@@ -278,11 +272,15 @@ def _encoded(events: Sequence[Pending]) -> list[Event]:
 
 
 _recorders: dict[type[models.Model], _Recorder | None] = {}
+_UNSET: Any = object()
 
 
 def _recorder_for(model: type[models.Model]) -> _Recorder | None:
-    spec = get_config().model_events.get(model._meta.label_lower)
-    recorder = _recorders[model] = None if spec is None else _Recorder(spec, model)
+    """Return the model's recorder (None when it is not in ``MODEL_EVENTS``), cached."""
+    recorder: _Recorder | None = _recorders.get(model, _UNSET)
+    if recorder is _UNSET:
+        spec = get_config().model_events.get(model._meta.label_lower)
+        recorder = _recorders[model] = None if spec is None else _Recorder(spec, model)
     return recorder
 
 
