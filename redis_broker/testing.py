@@ -127,11 +127,16 @@ class RedisServer:
         """Return the server's ``redis://`` URL (database 0)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def log_path(self) -> Path:
+        """Return the server's log file (what it printed before exiting, say)."""
+        return Path(self._dir.name) / "redis.log"
+
     def start(self, timeout: float = 10.0) -> str:
         """Start the server and return its URL once it answers PING."""
         if self.process is not None and self.process.poll() is None:
             return self.url
-        log = open(Path(self._dir.name) / "redis.log", "ab")
+        log = open(self.log_path, "ab")
         args = [
             self.binary,
             "--port", str(self.port),
@@ -151,7 +156,7 @@ class RedisServer:
 
             def answers() -> bool:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: see {self._dir.name}/redis.log")
+                    raise RuntimeError(f"redis-server exited: see {self.log_path}")
                 try:
                     return bool(client.ping())
                 except redis.ConnectionError:

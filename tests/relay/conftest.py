@@ -14,6 +14,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
 
+from redis_broker.connection import aclose_async_redis
 from redis_broker.relay.hub import aclose_hub
 from redis_broker.routing import websocket_urlpatterns
 
@@ -26,7 +27,7 @@ IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"
 
 @pytest.fixture
 async def relay_cleanup(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Close the hub and the channel layer's pools of this test's event loop afterwards.
+    """Close the hub, the async client and the channel layer's pools of this test's loop.
 
     Tests use the in-memory channel layer unless they request ``redis_layer``: channels_redis
     takes up to its BZPOPMIN timeout (5 s) to let go of a cancelled socket, which is
@@ -38,6 +39,7 @@ async def relay_cleanup(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     else:
         yield
     await aclose_hub()
+    await aclose_async_redis()  # the loop's client, used by browser publishes
     for layer in list(channel_layers.backends.values()):
         close = getattr(layer, "close_pools", None) or getattr(layer, "flush", None)
         if close is not None:
