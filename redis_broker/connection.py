@@ -47,6 +47,10 @@ _sync_client: tuple[int, redis.Redis] | None = None
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
     weakref.WeakKeyDictionary()
 )
+#: Async clients that a settings change replaced while their loop was running.
+_retired_async_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, list[redis.asyncio.Redis]
+] = weakref.WeakKeyDictionary()
 
 
 def mask_url(url: str) -> str:
@@ -232,24 +236,55 @@ def _exchange(conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
 def reset_connections() -> None:
     """Forget every client so the next call builds new ones from the current settings.
 
-    The sync client's pool is disconnected; async clients are dropped (their loops may
-    be gone) and closed by garbage collection.
+    The sync client's pool is disconnected. Async clients cannot be closed from sync
+    code: the running loop's client is set aside for :func:`aclose_async_redis` on that
+    loop to close; those of other loops (which may be gone) are left to the garbage
+    collector.
     """
     global _sync_client
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     with _lock:
         if _sync_client is not None:
             with contextlib.suppress(Exception):
+                _close_sentinels(_sync_client[1])
                 _sync_client[1].close()
             _sync_client = None
+        for loop in [loop for loop in _retired_async_clients if loop.is_closed()]:
+            del _retired_async_clients[loop]  # nobody closed them; do not keep the loop alive
+        if running is not None and running in _async_clients:
+            _retired_async_clients.setdefault(running, []).append(_async_clients[running])
         _async_clients.clear()
 
 
 async def aclose_async_redis() -> None:
-    """Close the running loop's async client; call before the loop ends to avoid warnings."""
+    """Close the running loop's async clients; call before the loop ends to avoid warnings.
+
+    Closes the current one and any that a settings change set aside on this loop, with
+    the Sentinel connections a Sentinel-managed client opened to find its master.
+    """
     loop = asyncio.get_running_loop()
-    client = _async_clients.pop(loop, None)
-    if client is not None:
+    clients = _retired_async_clients.pop(loop, [])
+    current = _async_clients.pop(loop, None)
+    if current is not None:
+        clients.append(current)
+    for client in clients:
+        for sentinel in _sentinel_clients(client):
+            await sentinel.aclose()
         await client.aclose()
+
+
+def _sentinel_clients(client: Any) -> list[Any]:
+    """Return the clients a Sentinel-managed ``client`` uses to ask for its master."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", ()))
+
+
+def _close_sentinels(client: redis.Redis) -> None:
+    for sentinel in _sentinel_clients(client):
+        sentinel.close()
 
 
 def unavailable(exc: BaseException, url: str | None = None) -> BrokerUnavailable:

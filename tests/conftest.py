@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+
+from redis_broker.connection import aclose_async_redis
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -73,3 +76,24 @@ def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", spy)
     return calls
+
+
+@pytest.fixture
+async def close_async_redis() -> AsyncIterator[None]:
+    """Close the async Redis clients of an async test's loop when the test ends.
+
+    Every async test gets it (see ``pytest_collection_modifyitems``): a client left open
+    when its loop closes would leak its sockets to the garbage collector, and the suite
+    treats that ResourceWarning as an error.
+    """
+    yield
+    await aclose_async_redis()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        fixtures: list[str] | None = getattr(item, "fixturenames", None)
+        if inspect.iscoroutinefunction(function) and fixtures is not None:
+            if "close_async_redis" not in fixtures:
+                fixtures.insert(0, "close_async_redis")  # set up first, torn down last

@@ -11,8 +11,15 @@ import redis
 from django.test import override_settings
 
 from redis_broker import BrokerUnavailable, broadcast, publish
-from redis_broker.connection import BATCH_WRITE_SIZE, execute_batch, get_redis, mask_url
-from redis_broker.testing import RedisServer, free_port
+from redis_broker.connection import (
+    BATCH_WRITE_SIZE,
+    aclose_async_redis,
+    execute_batch,
+    get_async_redis,
+    get_redis,
+    mask_url,
+)
+from redis_broker.testing import RedisServer, free_port, wait_for
 
 
 def test_mask_url_hides_only_the_password() -> None:
@@ -176,3 +183,20 @@ def test_execute_batch_resends_a_batch_whose_connection_dropped(redis_client: re
     assert redis_client.xrange("after-drop")[0][0].encode() == entry_id
     assert redis_client.xlen("after-drop") == 1
     assert client.client_id() != doomed
+
+
+async def test_a_settings_change_leaves_the_loops_async_client_for_aclose_to_close(
+    redis_client: redis.Redis, redis_broker_url: str
+) -> None:
+    """Tests that an async client replaced by a settings change while its loop runs is
+    closed by ``aclose_async_redis()`` on that loop, not left to the garbage collector."""
+    replaced = get_async_redis()
+    connection_id = await replaced.client_id()
+    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "KEY_PREFIX": "other:"}):
+        assert get_async_redis() is not replaced
+    await aclose_async_redis()
+
+    def gone() -> bool:
+        return all(client["id"] != str(connection_id) for client in redis_client.client_list())
+
+    wait_for(gone, timeout=5, message=f"connection {connection_id} closed")
