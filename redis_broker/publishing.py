@@ -190,11 +190,11 @@ async def apublish_many(
     if not encoded:
         return []
     key = prefixed(config.key_prefix, stream)
-    xadd_args = _xadd_args(config)
     async with atranslate_errors():
         pipe = get_async_redis().pipeline(transaction=False)
-        for fields in encoded:
-            pipe.xadd(key, cast(Any, fields), **xadd_args)
+        for fields in encoded[:-1]:
+            pipe.xadd(key, cast(Any, fields))
+        pipe.xadd(key, cast(Any, encoded[-1]), **_xadd_args(config))  # one trim per batch
         return _ids(await pipe.execute())
 
 

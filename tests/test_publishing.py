@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -19,7 +18,6 @@ from redis_broker import (
     publishing,
     wire,
 )
-from redis_broker.connection import aclose_async_redis
 from redis_broker.testing import wait_for
 
 
@@ -176,16 +174,7 @@ def test_durable_channel_stream_is_capped(redis_client: redis.Redis, redis_broke
         redis_client.config_set("stream-node-max-entries", 100)
 
 
-@pytest.fixture
-async def async_client_closed() -> Iterator[None]:
-    """Close the loop's async client after an async test, as an application should."""
-    yield
-    await aclose_async_redis()
-
-
-async def test_async_twins_write_the_same_format(
-    redis_client: redis.Redis, async_client_closed: None
-) -> None:
+async def test_async_twins_write_the_same_format(redis_client: redis.Redis) -> None:
     """Tests that apublish, apublish_many and abroadcast behave like their sync twins."""
     entry_id = await apublish("orders", {"id": 1}, type="order.created")
     ids = await apublish_many("orders", [{"id": 2}, {"id": 3}])
@@ -196,3 +185,19 @@ async def test_async_twins_write_the_same_format(
     assert entries[0][1]["type"] == "order.created"
     assert [json.loads(f["data"])["id"] for _, f in entries] == [1, 2, 3]
     assert redis_client.xlen("user.5") == 1
+
+
+async def test_apublish_many_trims_the_stream_once_per_batch(
+    redis_client: redis.Redis, redis_broker_url: str
+) -> None:
+    """Tests that a large async batch leaves the stream near STREAM_MAXLEN, ending with
+    its last entry, though only its last XADD carries the trim."""
+    redis_client.config_set("stream-node-max-entries", 10)
+    try:
+        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+            await apublish_many("events", [{"n": n} for n in range(200)])
+        assert 20 <= redis_client.xlen("events") <= 30
+        last = redis_client.xrevrange("events", count=1)[0][1]
+        assert json.loads(last["data"]) == {"n": 199}
+    finally:
+        redis_client.config_set("stream-node-max-entries", 100)
