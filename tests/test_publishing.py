@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -79,55 +80,57 @@ def test_key_prefix_applies_to_streams_and_channels(
     pubsub.close()
 
 
+@pytest.fixture
+def stream_node_size(redis_client: redis.Redis) -> Iterator[Callable[[int], None]]:
+    """Let a test set ``stream-node-max-entries`` (approximate trimming drops whole nodes,
+    so small nodes make the bounds tight); the server's value is restored afterwards."""
+    original = redis_client.config_get("stream-node-max-entries")["stream-node-max-entries"]
+    yield lambda size: redis_client.config_set("stream-node-max-entries", size)
+    redis_client.config_set("stream-node-max-entries", original)
+
+
 def test_streams_are_trimmed_approximately_to_maxlen(
-    redis_client: redis.Redis, redis_broker_url: str
+    redis_client: redis.Redis, redis_broker_url: str, stream_node_size: Callable[[int], None]
 ) -> None:
     """Tests that STREAM_MAXLEN caps the stream (XADD MAXLEN ~) while publishing."""
-    redis_client.config_set("stream-node-max-entries", 10)
-    try:
-        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
-            for chunk in range(20):
-                publish_many("events", [{"n": n} for n in range(chunk * 10, chunk * 10 + 10)])
-        length = redis_client.xlen("events")
-        assert 20 <= length <= 30
-        last = redis_client.xrevrange("events", count=1)[0][1]
-        assert json.loads(last["data"]) == {"n": 199}
-    finally:
-        redis_client.config_set("stream-node-max-entries", 100)
+    stream_node_size(10)
+    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+        for chunk in range(20):
+            publish_many("events", [{"n": n} for n in range(chunk * 10, chunk * 10 + 10)])
+    length = redis_client.xlen("events")
+    assert 20 <= length <= 30
+    last = redis_client.xrevrange("events", count=1)[0][1]
+    assert json.loads(last["data"]) == {"n": 199}
 
 
 def test_a_batch_over_several_streams_trims_each_of_them(
-    redis_client: redis.Redis, redis_broker_url: str
+    redis_client: redis.Redis, redis_broker_url: str, stream_node_size: Callable[[int], None]
 ) -> None:
     """Tests that one batch (as a commit's model events are sent) leaves every stream it
     wrote near STREAM_MAXLEN, ending with its last entry, though only one XADD per stream
     carries the trim."""
-    redis_client.config_set("stream-node-max-entries", 10)
-    try:
-        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
-            entries = [
-                (stream, wire.encode_entry({"n": n}))
-                for n in range(200)
-                for stream in ("left", "right")
-            ]
-            publishing.publish_encoded(entries)
-        for stream in ("left", "right"):
-            assert 20 <= redis_client.xlen(stream) <= 30
-            last = redis_client.xrevrange(stream, count=1)[0][1]
-            assert json.loads(last["data"]) == {"n": 199}
-    finally:
-        redis_client.config_set("stream-node-max-entries", 100)
+    stream_node_size(10)
+    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+        entries = [
+            (stream, wire.encode_entry({"n": n}))
+            for n in range(200)
+            for stream in ("left", "right")
+        ]
+        publishing.publish_encoded(entries)
+    for stream in ("left", "right"):
+        assert 20 <= redis_client.xlen(stream) <= 30
+        last = redis_client.xrevrange(stream, count=1)[0][1]
+        assert json.loads(last["data"]) == {"n": 199}
 
 
-def test_no_maxlen_keeps_every_entry(redis_client: redis.Redis, redis_broker_url: str) -> None:
+def test_no_maxlen_keeps_every_entry(
+    redis_client: redis.Redis, redis_broker_url: str, stream_node_size: Callable[[int], None]
+) -> None:
     """Tests that STREAM_MAXLEN None disables trimming."""
-    redis_client.config_set("stream-node-max-entries", 10)
-    try:
-        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": None}):
-            publish_many("events", list(range(300)))
-        assert redis_client.xlen("events") == 300
-    finally:
-        redis_client.config_set("stream-node-max-entries", 100)
+    stream_node_size(10)
+    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": None}):
+        publish_many("events", list(range(300)))
+    assert redis_client.xlen("events") == 300
 
 
 def test_broadcast_is_not_stored_and_counts_receivers(redis_client: redis.Redis) -> None:
@@ -161,17 +164,16 @@ def test_durable_broadcast_is_stored_and_carries_its_entry_id(redis_client: redi
     pubsub.close()
 
 
-def test_durable_channel_stream_is_capped(redis_client: redis.Redis, redis_broker_url: str) -> None:
+def test_durable_channel_stream_is_capped(
+    redis_client: redis.Redis, redis_broker_url: str, stream_node_size: Callable[[int], None]
+) -> None:
     """Tests that DURABLE_MAXLEN bounds the replay stream of a durable channel."""
-    redis_client.config_set("stream-node-max-entries", 5)
-    try:
-        settings = {"URL": redis_broker_url, "WEBSOCKET": {"DURABLE_MAXLEN": 10}}
-        with override_settings(REDIS_BROKER=settings):
-            for n in range(60):
-                broadcast("user.7", n)
-        assert 10 <= redis_client.xlen("user.7") <= 15
-    finally:
-        redis_client.config_set("stream-node-max-entries", 100)
+    stream_node_size(5)
+    settings = {"URL": redis_broker_url, "WEBSOCKET": {"DURABLE_MAXLEN": 10}}
+    with override_settings(REDIS_BROKER=settings):
+        for n in range(60):
+            broadcast("user.7", n)
+    assert 10 <= redis_client.xlen("user.7") <= 15
 
 
 async def test_async_twins_write_the_same_format(redis_client: redis.Redis) -> None:
@@ -188,16 +190,13 @@ async def test_async_twins_write_the_same_format(redis_client: redis.Redis) -> N
 
 
 async def test_apublish_many_trims_the_stream_once_per_batch(
-    redis_client: redis.Redis, redis_broker_url: str
+    redis_client: redis.Redis, redis_broker_url: str, stream_node_size: Callable[[int], None]
 ) -> None:
     """Tests that a large async batch leaves the stream near STREAM_MAXLEN, ending with
     its last entry, though only its last XADD carries the trim."""
-    redis_client.config_set("stream-node-max-entries", 10)
-    try:
-        with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
-            await apublish_many("events", [{"n": n} for n in range(200)])
-        assert 20 <= redis_client.xlen("events") <= 30
-        last = redis_client.xrevrange("events", count=1)[0][1]
-        assert json.loads(last["data"]) == {"n": 199}
-    finally:
-        redis_client.config_set("stream-node-max-entries", 100)
+    stream_node_size(10)
+    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+        await apublish_many("events", [{"n": n} for n in range(200)])
+    assert 20 <= redis_client.xlen("events") <= 30
+    last = redis_client.xrevrange("events", count=1)[0][1]
+    assert json.loads(last["data"]) == {"n": 199}

@@ -14,7 +14,6 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
 
-from redis_broker.connection import aclose_async_redis
 from redis_broker.relay.hub import aclose_hub
 from redis_broker.routing import websocket_urlpatterns
 
@@ -27,11 +26,12 @@ IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"
 
 @pytest.fixture
 async def relay_cleanup(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Close the hub, the async client and the channel layer's pools of this test's loop.
+    """Close the hub and the channel layer's pools of this test's event loop afterwards.
 
     Tests use the in-memory channel layer unless they request ``redis_layer``: channels_redis
     takes up to its BZPOPMIN timeout (5 s) to let go of a cancelled socket, which is
-    fine for a server and far too slow for dozens of short tests.
+    fine for a server and far too slow for dozens of short tests. (The loop's async Redis
+    client is closed by ``close_async_redis`` in tests/conftest.py.)
     """
     if "redis_layer" not in request.fixturenames:
         with override_settings(CHANNEL_LAYERS=IN_MEMORY_LAYER):
@@ -39,7 +39,6 @@ async def relay_cleanup(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     else:
         yield
     await aclose_hub()
-    await aclose_async_redis()  # the loop's client, used by browser publishes
     for layer in list(channel_layers.backends.values()):
         close = getattr(layer, "close_pools", None) or getattr(layer, "flush", None)
         if close is not None:
