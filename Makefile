@@ -1,9 +1,13 @@
 # django-redis-broker: `make demo` and `make test` work on a fresh machine.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+VENV ?= .venv
+# A Django release to install over requirements.txt's pin, for another corner of the
+# support matrix: `make test PYTHON=/path/to/python3.13 VENV=.venv-py313 DJANGO=6.1.3` (CI).
+DJANGO ?=
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The stamp names the Django override, so changing DJANGO reinstalls.
+STAMP := $(VENV)/.installed$(if $(DJANGO),-django-$(DJANGO))
 CHROMIUM := /usr/bin/chromium
 
 .DEFAULT_GOAL := help
@@ -16,10 +20,12 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(if $(DJANGO),$(BIN)/python -m pip install -q "Django==$(DJANGO)")
 	$(BIN)/python -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the pinned packages and the app
+install: $(STAMP) ## Create .venv (or VENV), install the pins (DJANGO= overrides Django's) and the app
 
 chromium: ## Install Debian's Chromium for the browser tests, when missing and possible
 	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
@@ -39,10 +45,11 @@ test: install chromium lint ## Lint, type-check, then run the whole suite (real 
 test-postgres: install ## Run the database-dependent tests against PostgreSQL (DATABASE_URL)
 	$(BIN)/python -m pytest -m postgres $(PYTEST_ARGS)
 
+# mypy's cache lives in the venv: venvs differ in their Django (DJANGO).
 lint: install ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

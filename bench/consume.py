@@ -8,6 +8,9 @@ consumes the same data once per contender, each in its own consumer group:
   handler, one ``XACK`` per batch: what a team would hand-write;
 * FastStream's Redis stream subscriber in a consumer group, per message and ``batch=True``.
 
+Then whole processes, start-up included: ``manage.py runconsumers --burst`` against a
+raw redis-py loop run as a script, each consuming every entry in a new group.
+
 Then publish-to-handler latency (p50/p99) at 2,000 entries/s for ours, raw and FastStream
 (the producer is a separate process), and the worker's peak RSS after 20k and after all
 entries (a fresh process, so earlier runs do not count).
@@ -147,6 +150,39 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     started, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - started, time.process_time() - cpu
+
+
+# --- whole processes, start-up included ------------------------------------------------
+
+
+def burst_child(url: str, name: str) -> None:
+    """Run ``runconsumers --burst`` with one trivial consumer in group ``name``."""
+    configure(url)
+    from django.core.management import call_command
+
+    from redis_broker import stream_consumer
+
+    @stream_consumer(STREAM, group=name, name="bench")
+    async def handle(message: Any) -> None:
+        pass
+
+    call_command("runconsumers", "--burst", "--no-outbox", verbosity=0)
+
+
+def raw_child(url: str, name: str, count: int) -> None:
+    """Consume ``count`` entries with the hand-written loop."""
+
+    async def handler(data: Any) -> None:
+        pass
+
+    asyncio.run(run_raw(url, name, count, handler))
+
+
+def process_seconds(*args: str) -> float:
+    """Return the wall-clock seconds a child process of this script takes, start to exit."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, __file__, *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
 # --- latency -----------------------------------------------------------------------------
@@ -302,7 +338,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender; best counts")
     parser.add_argument("--produce", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--burst-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.burst_child:
+        burst_child(*args.burst_child)
+        return
+    if args.raw_child:
+        raw_child(args.raw_child[0], args.raw_child[1], int(args.raw_child[2]))
+        return
     if args.produce:
         url, rate, count = args.produce
         produce(url, int(rate), int(count))
@@ -395,6 +439,22 @@ def main() -> None:
                 else (f"[>= {target}] " + ("ok" if ratio >= target else "MISSED"))
             )
             print(f"  {label:<26} {ratio:6.2f}x {verdict}")
+
+        print(
+            f"Whole processes over {entries:,} entries, start-up included, best of {args.repeat}:"
+        )
+        burst, raw = float("inf"), float("inf")
+        for attempt in range(args.repeat):
+            group(url, f"burst-{attempt}")
+            burst = min(burst, process_seconds("--burst-child", url, f"burst-{attempt}"))
+            group(url, f"rawp-{attempt}")
+            raw = min(raw, process_seconds("--raw-child", url, f"rawp-{attempt}", str(entries)))
+        ratio = raw / burst
+        print(f"  runconsumers --burst   {burst:6.2f} s   {entries / burst:>10,.0f} entries/s")
+        print(f"  raw loop script        {raw:6.2f} s   {entries / raw:>10,.0f} entries/s")
+        print(
+            f"  burst / raw            {ratio:6.2f}x [>= 0.8] {'ok' if ratio >= 0.8 else 'MISSED'}"
+        )
 
         print(f"Publish-to-handler latency at 2,000 entries/s ({latency_count:,} entries):")
         for name, measure in [

@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
         "RETRY_BACKOFF_MAX_MS": 60_000,  # cap of the retry delay
         "STATUS_INTERVAL": 10.0,  # seconds between status lines of runconsumers
         "SHUTDOWN_GRACE": 30.0,  # seconds in-flight work may take after SIGTERM
+        "SLOW_CALL_WARNING": 60.0,  # seconds a handler call runs before it is logged (once)
+        "HEARTBEAT_INTERVAL": 5.0,  # seconds between a worker's heartbeats; 3 missed: dead
     },
     # --- Model events ------------------------------------------------------------
     "MODEL_EVENTS": {},  # "app_label.ModelName" -> {stream, fields, actions, delivery}
@@ -104,6 +106,8 @@ class ConsumerSettings:
     retry_backoff_max_ms: int
     status_interval: float
     shutdown_grace: float
+    slow_call_warning: float
+    heartbeat_interval: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +334,8 @@ def _validate_consumers(v: _Validator, raw: Any, socket_timeout: float) -> Consu
         retry_backoff_max_ms=num("RETRY_BACKOFF_MAX_MS", 0),
         status_interval=num("STATUS_INTERVAL", 0.1, integer=False),
         shutdown_grace=num("SHUTDOWN_GRACE", 0, integer=False),
+        slow_call_warning=num("SLOW_CALL_WARNING", 0.1, integer=False),
+        heartbeat_interval=num("HEARTBEAT_INTERVAL", 0.1, integer=False),
     )
     if not settings_.dead_letter_suffix:
         v.error(

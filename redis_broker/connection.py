@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,7 +26,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from .conf import BrokerConfig, get_config
-from .exceptions import BrokerUnavailable
+from .exceptions import BrokerUnavailable, WriteRefused
 
 try:
     from hiredis import pack_command as _hiredis_pack
@@ -287,29 +287,134 @@ def _close_sentinels(client: redis.Redis) -> None:
         sentinel.close()
 
 
+#: Replies of a Redis that is up but takes no writes: memory full under ``noeviction``
+#: (OOM), or a read-only replica (READONLY).
+WRITE_REFUSALS: tuple[type[BaseException], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
+
+_URL_KEY = "REDIS_BROKER['URL']"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """Yield ``exc`` and the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def explain(exc: BaseException, url: str) -> str:
+    """Return what a connection failure most likely means, in words an operator can act on.
+
+    redis-py reports the symptom: a TLS handshake that a plain Redis never answers is
+    "Timeout connecting to server", a missing password is "Authentication required."
+    (or, over RESP3, "HELLO must be called…"). The cause is named here, with Redis's
+    own words kept at the end.
+    """
+    said = str(exc) or type(exc).__name__
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if isinstance(exc, redis.AuthenticationError):
+        lowered = said.lower()
+        if "invalid username" in lowered or "wrongpass" in lowered:
+            return (
+                f"authentication failed: the user or password in {_URL_KEY} is wrong "
+                f"(Redis said: {said})"
+            )
+        return (
+            f"Redis requires authentication: put user:password@ in {_URL_KEY} (Redis said: {said})"
+        )
+    chain = list(_chain(exc))
+    words = " ".join(str(e) for e in chain).lower()
+    if scheme == "rediss":
+        if "wrong_version_number" in words or "record layer failure" in words:
+            return (
+                f"the server does not speak TLS on that port: it answered the TLS handshake "
+                f"with plain text; use redis:// for a plain Redis port ({said})"
+            )
+        if "certificate verify failed" in words:
+            return (
+                f"the server's TLS certificate was not trusted; give its CA with "
+                f"REDIS_BROKER['OPTIONS']['ssl_ca_certs'] ({said})"
+            )
+        timed_out = any(isinstance(e, TimeoutError | redis.TimeoutError) for e in chain)
+        if timed_out and "handshake" in words:  # the sync client says where it waited
+            return (
+                f"probably a TLS mismatch: the TLS handshake got no answer; is the server "
+                f"speaking TLS on that port? A plain Redis port needs redis:// ({said})"
+            )
+        if timed_out and "connecting" in words:  # the async client does not
+            return (
+                f"{said}: the host did not answer, or the TLS handshake got no answer "
+                f"(a TLS mismatch); is the server speaking TLS on that port? A plain "
+                f"Redis port needs redis://"
+            )
+    elif scheme == "redis" and any(isinstance(e, ConnectionResetError) for e in chain):
+        return (
+            f"{said}; if that port serves TLS, the URL must start with rediss:// "
+            f"(a TLS port resets a plain-text client)"
+        )
+    return said
+
+
 def unavailable(exc: BaseException, url: str | None = None) -> BrokerUnavailable:
-    """Return a ``BrokerUnavailable`` for ``exc`` that names the masked URL."""
-    shown = mask_url(url if url is not None else get_config().url)
-    return BrokerUnavailable(f"Redis at {shown} is unavailable: {exc}")
+    """Return a ``BrokerUnavailable`` for ``exc`` that names the masked URL and the cause."""
+    url = url if url is not None else get_config().url
+    return BrokerUnavailable(f"Redis at {mask_url(url)} is unavailable: {explain(exc, url)}")
+
+
+#: What a write went to, for error messages: text, or a function that builds it only
+#: when an error needs it (a batch's stream names are not worth collecting otherwise).
+Target = str | Callable[[], str] | None
+
+
+def write_refused(exc: BaseException, target: Target = None) -> WriteRefused:
+    """Return a ``WriteRefused`` for an OOM or READONLY reply, naming ``target`` and why."""
+    shown = mask_url(get_config().url)
+    named = target() if callable(target) else target
+    where = f" to {named}" if named else ""
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        hint = (
+            "it is a read-only replica; point REDIS_BROKER['URL'] at the primary "
+            "(or use SENTINELS, which always finds it)"
+        )
+    else:
+        hint = (
+            "its memory is full (maxmemory) and its maxmemory-policy evicts nothing; "
+            "raise maxmemory, trim or consume streams (STREAM_MAXLEN), or choose a "
+            "maxmemory-policy such as volatile-lru that frees memory"
+        )
+    return WriteRefused(f"Redis at {shown} refused the write{where}: {hint} (Redis said: {exc})")
 
 
 @contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn redis-py connection errors into ``BrokerUnavailable`` inside the block."""
+def translate_errors(target: Target = None) -> Iterator[None]:
+    """Turn redis-py connection errors into ``BrokerUnavailable`` inside the block.
+
+    OOM and READONLY replies become ``WriteRefused`` (a ``BrokerUnavailable``) naming
+    ``target``, the stream or channel written to.
+    """
     try:
         yield
     except BrokerUnavailable:
         raise
+    except WRITE_REFUSALS as exc:
+        raise write_refused(exc, target) from exc
     except CONNECTION_ERRORS as exc:
         raise unavailable(exc) from exc
 
 
 @contextlib.asynccontextmanager
-async def atranslate_errors() -> AsyncIterator[None]:
+async def atranslate_errors(target: Target = None) -> AsyncIterator[None]:
     """Async twin of :func:`translate_errors`."""
     try:
         yield
     except BrokerUnavailable:
         raise
+    except WRITE_REFUSALS as exc:
+        raise write_refused(exc, target) from exc
     except CONNECTION_ERRORS as exc:
         raise unavailable(exc) from exc

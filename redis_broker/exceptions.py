@@ -31,7 +31,18 @@ class ConfigurationError(RedisBrokerError, ImproperlyConfigured):
 class BrokerUnavailable(RedisBrokerError, ConnectionError):
     """Redis could not be reached (or did not answer in time).
 
-    The message names the URL with any password masked, so it is safe to log.
+    The message names the URL with any password masked, so it is safe to log, and the
+    likely cause when redis-py only reports a symptom: a TLS mismatch, a missing or
+    wrong password.
+    """
+
+
+class WriteRefused(BrokerUnavailable):
+    """Redis is up but refused a write: memory full (OOM) or a read-only replica (READONLY).
+
+    The message names the stream or channel, quotes Redis's reason and says what to
+    change (``maxmemory`` / ``maxmemory-policy``, or the primary's URL). A subclass of
+    ``BrokerUnavailable``: for the caller, the event did not get into Redis either way.
     """
 
 
@@ -59,3 +70,11 @@ class ConsumerDefinitionError(RedisBrokerError, ImproperlyConfigured):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class ConsumerNameInUse(RedisBrokerError):
+    """Another live ``runconsumers`` process already runs under this consumer name.
+
+    Two processes with one name would share one pending list and each handle what the
+    other has in flight, so the second one is refused at start.
+    """

@@ -44,3 +44,17 @@ def prefixed(prefix: str, name: str) -> str:
 def unprefixed(prefix: str, key: str) -> str:
     """Return the user-facing name of a Redis key or channel under ``KEY_PREFIX``."""
     return key[len(prefix) :] if prefix and key.startswith(prefix) else key
+
+
+#: The namespace of keys the app keeps for itself (heartbeats), beside users' streams.
+INTERNAL = "redis-broker:"
+
+
+def worker_key(prefix: str, consumer_name: str) -> str:
+    """Return the key of one worker process's heartbeat (its consumer name's claim)."""
+    return f"{prefix}{INTERNAL}worker:{consumer_name}"
+
+
+def workers_key(prefix: str) -> str:
+    """Return the sorted set of worker names scored by their heartbeat's expiry time."""
+    return f"{prefix}{INTERNAL}workers"

@@ -1,8 +1,10 @@
 """Publishing: durable events to Redis Streams, live messages to Pub/Sub.
 
 Every function encodes the whole payload before it talks to Redis, so a value JSON
-cannot encode raises ``TypeError`` and nothing half-sent is left behind. Connection
-failures surface as ``BrokerUnavailable`` naming the masked URL.
+cannot encode (or nested deeper than ``wire.MAX_DEPTH``) raises ``TypeError`` and nothing
+half-sent is left behind. Connection failures surface as ``BrokerUnavailable`` naming the
+masked URL; a Redis that refuses writes (OOM, READONLY) as ``WriteRefused``, a
+``BrokerUnavailable`` naming the stream or channel and the reason.
 """
 
 from __future__ import annotations
@@ -65,10 +67,9 @@ def publish(
     """
     config = get_config()
     fields = wire.encode_entry(data, type=type, headers=headers)
-    with translate_errors():
-        entry_id = get_redis().xadd(
-            prefixed(config.key_prefix, stream), cast(Any, fields), **_xadd_args(config)
-        )
+    key = prefixed(config.key_prefix, stream)
+    with translate_errors(lambda: _stream(key)):
+        entry_id = get_redis().xadd(key, cast(Any, fields), **_xadd_args(config))
     return _ids([entry_id])[0]
 
 
@@ -111,8 +112,18 @@ def publish_encoded(
         for i in last.values():
             command = commands[i]
             commands[i] = (*command[:2], *trim, *command[2:])
-    with translate_errors():
+    with translate_errors(lambda: _stream(*dict.fromkeys(command[1] for command in commands))):
         return _ids(execute_batch(get_redis(), commands))
+
+
+def _stream(*names: str) -> str:
+    """Return how an error names the streams (Redis keys) written to."""
+    return ("stream " if len(names) == 1 else "streams ") + ", ".join(map(repr, names))
+
+
+def _channel(key: str, *, durable: bool) -> str:
+    """Return how an error names the channel (Redis key) written to."""
+    return f"{'durable ' if durable else ''}channel {key!r}"
 
 
 def _flat(fields: Mapping[str, str]) -> Iterable[str]:
@@ -152,12 +163,13 @@ def broadcast(channel: str, data: Any, *, type: str = "") -> int:
     config = get_config()
     if is_durable(channel, config):
         keys, args = _durable_args(config, channel, data, type)
-        with translate_errors():
+        with translate_errors(lambda: _channel(keys[0], durable=True)):
             _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
         return int(receivers)
     message = wire.encode_message(data, type=type)
-    with translate_errors():
-        return int(get_redis().publish(prefixed(config.key_prefix, channel), message))
+    key = prefixed(config.key_prefix, channel)
+    with translate_errors(lambda: _channel(key, durable=False)):
+        return int(get_redis().publish(key, message))
 
 
 async def apublish(
@@ -170,10 +182,9 @@ async def apublish(
     """Async twin of :func:`publish`."""
     config = get_config()
     fields = wire.encode_entry(data, type=type, headers=headers)
-    async with atranslate_errors():
-        entry_id = await get_async_redis().xadd(
-            prefixed(config.key_prefix, stream), cast(Any, fields), **_xadd_args(config)
-        )
+    key = prefixed(config.key_prefix, stream)
+    async with atranslate_errors(lambda: _stream(key)):
+        entry_id = await get_async_redis().xadd(key, cast(Any, fields), **_xadd_args(config))
     return _ids([entry_id])[0]
 
 
@@ -190,7 +201,7 @@ async def apublish_many(
     if not encoded:
         return []
     key = prefixed(config.key_prefix, stream)
-    async with atranslate_errors():
+    async with atranslate_errors(lambda: _stream(key)):
         pipe = get_async_redis().pipeline(transaction=False)
         for fields in encoded[:-1]:
             pipe.xadd(key, cast(Any, fields))
@@ -203,10 +214,11 @@ async def abroadcast(channel: str, data: Any, *, type: str = "") -> int:
     config = get_config()
     if is_durable(channel, config):
         keys, args = _durable_args(config, channel, data, type)
-        async with atranslate_errors():
+        async with atranslate_errors(lambda: _channel(keys[0], durable=True)):
             script = get_async_redis().register_script(_DURABLE_BROADCAST)
             _entry_id, receivers = await script(keys, args)
         return int(receivers)
     message = wire.encode_message(data, type=type)
-    async with atranslate_errors():
-        return int(await get_async_redis().publish(prefixed(config.key_prefix, channel), message))
+    key = prefixed(config.key_prefix, channel)
+    async with atranslate_errors(lambda: _channel(key, durable=False)):
+        return int(await get_async_redis().publish(key, message))

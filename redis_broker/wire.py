@@ -5,17 +5,25 @@ A stream entry has the fields ``type``, ``data`` (JSON text), ``event_id`` (UUID
 A Pub/Sub message is one JSON object ``{"type", "data", "event_id", "published_at"}``,
 plus ``"id"`` (the stream entry id) on durable channels. Any language can read both
 with a plain Redis client and a JSON parser. Nothing is ever pickled.
+
+Payloads nest at most :data:`MAX_DEPTH` arrays and objects deep: :func:`dumps` refuses
+deeper ones before anything is sent, and every reader (stream consumers, the relay's
+hub and sockets, the admin inspector) parses JSON with :func:`loads`, which refuses
+them too, so no input can make a reader recurse, and ``loads`` raises nothing but
+``MalformedEntry``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -34,7 +42,18 @@ ORIGINAL_ID = "original_id"
 ERROR = "error"
 DELIVERY_COUNT = "delivery_count"
 
-_encoder = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: The deepest nesting of arrays and objects a payload may have (``[[1]]`` is 2 deep).
+#: Python's JSON parser recurses once per level and dies with RecursionError near a
+#: thousand, wherever the stack already is; a bounded depth is what makes decoding safe.
+#: 100 and not serde_json's 128: serde_json refuses a 128th level, and our envelopes (a
+#: Pub/Sub message, a browser frame) add one, so 100 keeps every document we write
+#: readable by strict parsers in other languages, with room to spare for the inspector's
+#: indented re-encoding. Real payloads rarely nest past ten.
+MAX_DEPTH = 100
+
+# allow_nan=False: NaN and Infinity are not JSON (RFC 8259); JSON.parse and most other
+# languages' parsers refuse them, so publishing does too, and readers treat them as malformed.
+_encoder = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # The C encoder that JSONEncoder.encode builds on every call, built once: events are
 # encoded on hot paths (every model save), and this halves the cost of a small payload.
 # Falls back to the pure-Python encoder where the C accelerator is missing.
@@ -55,20 +74,126 @@ _iterencode: Callable[[Any, int], Any] | None = (
 )
 
 
-def dumps(value: Any, *, what: str = "payload") -> str:
+def dumps(value: Any, *, what: str = "payload", envelope: int = 0) -> str:
     """Encode ``value`` as compact JSON with Django's encoder (dates, Decimals, UUIDs).
 
-    Raises ``TypeError`` naming ``what`` when the value cannot be encoded, before anything
-    reaches Redis.
+    Raises ``TypeError`` naming ``what`` when the value cannot be encoded or nests deeper
+    than :data:`MAX_DEPTH` (plus ``envelope`` levels of our own around the payload),
+    before anything reaches Redis: publishing refuses what its consumers could not decode.
     """
     try:
         if _iterencode is None:
-            return _encoder.encode(value)
-        if isinstance(value, str):
+            text = _encoder.encode(value)
+        elif isinstance(value, str):
             return json.encoder.encode_basestring(value)
-        return "".join(_iterencode(value, 0))
-    except (TypeError, ValueError, RecursionError) as exc:
+        else:
+            text = "".join(_iterencode(value, 0))
+    except RecursionError:
+        raise TypeError(_too_deep_message(what)) from None
+    except (TypeError, ValueError) as exc:
         raise TypeError(f"The {what} cannot be encoded as JSON: {exc}") from exc
+    limit = MAX_DEPTH + envelope
+    if len(text) > 2 * limit + 1 and _too_deep(text, limit):  # shorter: cannot be deeper
+        raise TypeError(_too_deep_message(what))
+    return text
+
+
+def _too_deep_message(what: str) -> str:
+    return (
+        f"The {what} cannot be sent: nested deeper than {MAX_DEPTH} levels; "
+        "consumers could not decode it."
+    )
+
+
+# The depth of a JSON text is measured on its skeleton: the bytes left once escapes and
+# everything but quotes and brackets are deleted, "{}" read as "[]". Quotes go in pairs;
+# when every pair is adjacent, no string held a bracket and the quotes are deleted, else
+# the text between them is. Each pass of ``replace(b"[]", b"")`` then removes exactly one
+# level. All of it runs at C speed; a few passes clear real payloads, and hostile ones
+# (many deep chains) finish with one ``accumulate`` over what is left, so the cost stays
+# linear. bench/publish.py and bench/consume.py use payloads that never get this far.
+_SKELETON_TABLE = bytes.maketrans(b"{}", b"[]")
+_SKELETON_DELETE = bytes(c for c in range(256) if c not in b'"[]{}')
+_STEP = [0] * 256
+_STEP[ord("[")] = 1
+_STEP[ord("]")] = -1
+_QUICK_PASSES = 4
+
+
+def json_depth(text: str) -> int:
+    """Return how deeply arrays and objects nest in JSON ``text`` (``[[1]]`` is 2).
+
+    Brackets inside strings do not count. On invalid JSON the result is only an estimate
+    (unclosed brackets count), which is all a reader about to reject it needs.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    if b"\\" in data:
+        # Escaped backslashes first, pairing from the left as a JSON parser does, then
+        # escaped quotes; the other escapes are deleted with the skeleton's letters.
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = data.translate(_SKELETON_TABLE, _SKELETON_DELETE)
+    if b'"' in skeleton:
+        if 2 * skeleton.count(b'""') == skeleton.count(b'"'):
+            skeleton = skeleton.translate(None, b'"')
+        else:
+            skeleton = b"".join(skeleton.split(b'"')[::2])
+    levels = 0
+    while skeleton and levels < _QUICK_PASSES:
+        shorter = skeleton.replace(b"[]", b"")
+        if len(shorter) == len(skeleton):
+            break  # brackets that do not match: not JSON
+        skeleton = shorter
+        levels += 1
+    return levels + max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    # Callers first skip texts of at most 2 * limit + 1 characters, which cannot nest
+    # deeper (and leave the parser little to recurse on if they are not JSON): that
+    # covers bench/publish.py's payload at the cost of a len(). Nesting never exceeds the
+    # number of opening brackets either, so two counts clear most longer payloads, and
+    # only those with many brackets pay for json_depth.
+    return text.count("[") + text.count("{") > limit and json_depth(text) > limit
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
+# Only a payload holding a \uD800-\uDFFF escape can decode to a lone UTF-16 surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def loads(raw: str | bytes, *, what: str = "payload", envelope: int = 0) -> Any:
+    """Parse JSON text (bytes must be UTF-8); raise ``MalformedEntry`` and nothing else.
+
+    The one JSON reader of the app: stream entries, Pub/Sub messages, browser frames and
+    the inspector all parse with it. Refused, each with a reason naming ``what``: bytes
+    that are not UTF-8, text that is not JSON, nesting deeper than :data:`MAX_DEPTH`
+    (plus ``envelope`` levels around the payload), integers longer than Python converts
+    (``sys.get_int_max_str_digits()``) and strings holding a lone surrogate (``"\\ud800"``),
+    which no UTF-8 page, socket or Redis command could carry on.
+    """
+    try:
+        text = raw if isinstance(raw, str) else raw.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedEntry(f"the {what} is not UTF-8 text: {exc}") from exc
+    limit = MAX_DEPTH + envelope
+    if len(text) > 2 * limit + 1 and _too_deep(text, limit):
+        raise MalformedEntry(f"the {what} is nested deeper than {MAX_DEPTH} levels")
+    try:
+        value = _decode_json(text)
+    except ValueError as exc:  # UnicodeDecodeError and the int digits limit are too
+        raise MalformedEntry(f"the {what} is not JSON: {exc}") from exc
+    except RecursionError as exc:  # within MAX_DEPTH, but on a thread's already deep stack
+        raise MalformedEntry(f"the {what} nests too deeply for this thread's stack") from exc
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            dumps(value, envelope=envelope).encode()
+        except (TypeError, UnicodeEncodeError) as exc:
+            raise MalformedEntry(f"the {what} is not valid Unicode text: {exc}") from exc
+    return value
 
 
 _clock: tuple[int, str] = (-1, "")
@@ -171,9 +296,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-_decode_json = json.JSONDecoder().decode
-
-
 def fields_as_text(raw: Mapping[Any, Any]) -> dict[str, str]:
     """Return an entry's fields as text; raise ``MalformedEntry`` on invalid UTF-8."""
     try:
@@ -189,32 +311,39 @@ def fields_as_text(raw: Mapping[Any, Any]) -> dict[str, str]:
         raise MalformedEntry(f"the entry is not UTF-8 text: {exc}") from exc
 
 
-def decode_entry(raw: Mapping[Any, Any]) -> DecodedEntry:
+#: A decoded entry as a tuple: (type, data, event_id, published_at, headers, fields).
+EntryParts = tuple[str, Any, str, str, dict[str, Any], dict[str, str]]
+
+
+def decode_entry_parts(raw: Mapping[Any, Any]) -> EntryParts:
     """Parse an entry's fields (bytes or text); raise ``MalformedEntry`` when not ours.
 
-    Entries from other producers need only ``data``; the other fields get defaults.
+    Entries from other producers need only ``data``; the other fields get defaults. The
+    consumers' hot path takes the parts as a tuple, a third of the cost of building a
+    ``DecodedEntry`` per entry (bench/consume.py).
     """
     fields = fields_as_text(raw)
     text = fields.get(DATA)
     if text is None:
         raise MalformedEntry("the entry has no 'data' field")
-    try:
-        data = _decode_json(text)
-    except ValueError as exc:
-        raise MalformedEntry(f"the 'data' field is not JSON: {exc}") from exc
+    data = loads(text, what="'data' field")
     headers: dict[str, Any] = {}
     if HEADERS in fields:
-        try:
-            headers = _decode_json(fields[HEADERS])
-        except ValueError as exc:
-            raise MalformedEntry(f"the 'headers' field is not JSON: {exc}") from exc
+        headers = loads(fields[HEADERS], what="'headers' field")
         if not isinstance(headers, dict):
             raise MalformedEntry("the 'headers' field is not a JSON object")
+    get = fields.get
+    return get(TYPE, ""), data, get(EVENT_ID, ""), get(PUBLISHED_AT, ""), headers, fields
+
+
+def decode_entry(raw: Mapping[Any, Any]) -> DecodedEntry:
+    """Return :func:`decode_entry_parts` as a ``DecodedEntry``."""
+    type_, data, event_id, published_at, headers, fields = decode_entry_parts(raw)
     return DecodedEntry(
-        type=fields.get(TYPE, ""),
+        type=type_,
         data=data,
-        event_id=fields.get(EVENT_ID, ""),
-        published_at=fields.get(PUBLISHED_AT, ""),
+        event_id=event_id,
+        published_at=published_at,
         headers=headers,
         fields=fields,
     )
@@ -260,7 +389,7 @@ def encode_message(
     }
     if entry_id is not None:
         message["id"] = entry_id
-    return dumps(message)
+    return dumps(message, envelope=1)
 
 
 def durable_message_parts(fields: Mapping[str, str]) -> tuple[str, str]:
@@ -296,11 +425,11 @@ def decode_message(raw: bytes | str) -> DecodedMessage:
     A message that is valid JSON but not our envelope (another publisher) is wrapped
     as the ``data`` of an untyped message, so relays still deliver it.
     """
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise MalformedEntry(f"the message is not JSON: {exc}") from exc
+    value = loads(raw, what="message", envelope=1)
     if not isinstance(value, dict) or DATA not in value or EVENT_ID not in value:
+        # The whole message becomes the payload, so it must fit the payload's limit.
+        if isinstance(value, (dict, list)) and _too_deep(_text(raw), MAX_DEPTH):
+            raise MalformedEntry(f"the message is nested deeper than {MAX_DEPTH} levels")
         return DecodedMessage(type="", data=value, event_id="", published_at="", id=None)
     return DecodedMessage(
         type=str(value.get(TYPE, "")),

@@ -29,6 +29,9 @@ def test_default_settings_pass_the_checks() -> None:
     assert run_check(None) == []
 
 
+# Django 6.x's `check` runs the model checks against every database (#36663; the JSONField
+# check opens a connection), so the command needs database access in tests.
+@pytest.mark.django_db
 def test_demo_settings_pass_manage_py_check() -> None:
     """Tests that `manage.py check` is clean for the project's own settings."""
     call_command("check", "--fail-level", "WARNING")
@@ -156,6 +159,9 @@ def test_every_mistake_is_reported_at_once() -> None:
     assert all(isinstance(m, Error) for m in messages)
 
 
+# Django 6.x's `check` runs the model checks against every database (#36663; the JSONField
+# check opens a connection), so the command needs database access in tests.
+@pytest.mark.django_db
 def test_manage_py_check_fails_on_a_bad_setting() -> None:
     """Tests that `manage.py check` itself fails and names the key."""
     with (

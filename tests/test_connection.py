@@ -10,7 +10,7 @@ import pytest
 import redis
 from django.test import override_settings
 
-from redis_broker import BrokerUnavailable, broadcast, publish
+from redis_broker import BrokerUnavailable, apublish, broadcast, publish
 from redis_broker.connection import (
     BATCH_WRITE_SIZE,
     aclose_async_redis,
@@ -200,3 +200,83 @@ async def test_a_settings_change_leaves_the_loops_async_client_for_aclose_to_clo
         return all(client["id"] != str(connection_id) for client in redis_client.client_list())
 
     wait_for(gone, timeout=5, message=f"connection {connection_id} closed")
+
+
+# --- Messages that name the cause, not the symptom ----------------------------------------
+
+
+def test_rediss_url_to_a_plain_port_says_it_is_probably_a_tls_mismatch(
+    redis_server_factory: Callable[[], RedisServer],
+) -> None:
+    """Tests that rediss:// to a plain Redis says the TLS handshake got no answer, not
+    only "Timeout connecting"."""
+    server = redis_server_factory()
+    settings = {
+        "URL": f"rediss://127.0.0.1:{server.port}/0",
+        "SOCKET_TIMEOUT": 0.5,
+        "SOCKET_CONNECT_TIMEOUT": 0.5,
+        "CONSUMERS": {"BLOCK_MS": 100},
+    }
+    with (
+        override_settings(REDIS_BROKER=settings),
+        pytest.raises(BrokerUnavailable, match="TLS mismatch: the TLS handshake got no answer"),
+    ):
+        publish("orders", 1)
+
+
+async def test_async_rediss_url_to_a_plain_port_says_it_is_probably_a_tls_mismatch(
+    redis_server_factory: Callable[[], RedisServer],
+) -> None:
+    """Tests that the async client's timeout gets the same explanation."""
+    server = redis_server_factory()
+    settings = {
+        "URL": f"rediss://127.0.0.1:{server.port}/0",
+        "SOCKET_TIMEOUT": 0.5,
+        "SOCKET_CONNECT_TIMEOUT": 0.5,
+        "CONSUMERS": {"BLOCK_MS": 100},
+    }
+    with override_settings(REDIS_BROKER=settings):
+        with pytest.raises(BrokerUnavailable, match="is the server speaking TLS on that port"):
+            await apublish("orders", 1)
+        await aclose_async_redis()
+
+
+@pytest.fixture
+def password_server(redis_server_factory: Callable[[], RedisServer]) -> RedisServer:
+    """Return a private Redis that requires the password ``s3cret``."""
+    server = redis_server_factory()
+    client = redis.Redis(port=server.port)
+    client.config_set("requirepass", "s3cret")
+    client.close()
+    return server
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_missing_password_says_redis_requires_authentication(
+    password_server: RedisServer, protocol: int
+) -> None:
+    """Tests that a URL without a password, for a Redis that wants one, says where to put
+    it instead of redis-py's "HELLO must be called…" or "Authentication required."."""
+    settings = {"URL": password_server.url, "OPTIONS": {"protocol": protocol}}
+    with (
+        override_settings(REDIS_BROKER=settings),
+        pytest.raises(BrokerUnavailable) as info,
+    ):
+        publish("orders", 1)
+    assert "Redis requires authentication: put user:password@ in REDIS_BROKER['URL']" in str(
+        info.value
+    )
+
+
+def test_wrong_password_says_authentication_failed(password_server: RedisServer) -> None:
+    """Tests that a wrong password is reported as failed authentication, password masked."""
+    url = f"redis://:wrong@127.0.0.1:{password_server.port}/0"
+    with (
+        override_settings(REDIS_BROKER={"URL": url}),
+        pytest.raises(BrokerUnavailable) as info,
+    ):
+        publish("orders", 1)
+    said = str(info.value)
+    assert "authentication failed: the user or password in REDIS_BROKER['URL'] is wrong" in said
+    assert "redis://:***@127.0.0.1" in said
+    assert "wrong@" not in said

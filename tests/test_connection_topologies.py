@@ -12,7 +12,7 @@ import pytest
 import redis
 from django.test import override_settings
 
-from redis_broker import apublish, publish
+from redis_broker import BrokerUnavailable, apublish, publish
 from redis_broker.connection import aclose_async_redis
 from redis_broker.testing import RedisServer, free_port, wait_for
 
@@ -104,6 +104,27 @@ def test_rediss_url_with_tls_options_publishes(tls_server: tuple[int, Path]) -> 
         assert client.xlen("orders") == 1
     finally:
         client.close()
+
+
+def test_plain_url_to_a_tls_port_says_to_use_rediss(tls_server: tuple[int, Path]) -> None:
+    """Tests that redis:// to a TLS-only port names rediss:// in the error, not only the
+    connection reset the TLS port answers plain text with."""
+    port, _ca = tls_server
+    with (
+        override_settings(REDIS_BROKER={"URL": f"redis://127.0.0.1:{port}/0"}),
+        pytest.raises(BrokerUnavailable, match="if that port serves TLS, the URL must start"),
+    ):
+        publish("orders", 1)
+
+
+def test_untrusted_certificate_says_to_give_the_ca(tls_server: tuple[int, Path]) -> None:
+    """Tests that a certificate Python does not trust points at OPTIONS['ssl_ca_certs']."""
+    port, _ca = tls_server
+    with (
+        override_settings(REDIS_BROKER={"URL": f"rediss://127.0.0.1:{port}/0"}),
+        pytest.raises(BrokerUnavailable, match=r"give its CA with REDIS_BROKER\['OPTIONS'\]"),
+    ):
+        publish("orders", 1)
 
 
 @pytest.fixture

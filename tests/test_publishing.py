@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -19,7 +20,8 @@ from redis_broker import (
     publishing,
     wire,
 )
-from redis_broker.testing import wait_for
+from redis_broker.exceptions import BrokerUnavailable, WriteRefused
+from redis_broker.testing import RedisServer, wait_for
 
 
 def test_published_entry_is_readable_with_plain_redis_py(redis_client: redis.Redis) -> None:
@@ -200,3 +202,104 @@ async def test_apublish_many_trims_the_stream_once_per_batch(
     assert 20 <= redis_client.xlen("events") <= 30
     last = redis_client.xrevrange("events", count=1)[0][1]
     assert json.loads(last["data"]) == {"n": 199}
+
+
+# --- Refusals: a payload consumers could not decode, a Redis that takes no writes ---------
+
+
+def deeper_than_consumers_read() -> object:
+    """Return a payload one level deeper than wire.MAX_DEPTH."""
+    value: object = 1
+    for _ in range(wire.MAX_DEPTH + 1):
+        value = [value]
+    return value
+
+
+def test_too_deep_payload_is_refused_before_anything_is_sent(
+    redis_client: redis.Redis, sends: list[int]
+) -> None:
+    """Tests that publish, publish_many and broadcast (durable or not) refuse a payload
+    nested deeper than consumers decode, with a TypeError and no write to Redis."""
+    deep = deeper_than_consumers_read()
+    message = "nested deeper than 100 levels; consumers could not decode it"
+    with pytest.raises(TypeError, match=message):
+        publish("orders", deep)
+    with pytest.raises(TypeError, match=message):
+        publish_many("orders", [{"ok": 1}, deep])
+    with pytest.raises(TypeError, match=message):
+        broadcast("chat.lobby", deep)
+    with pytest.raises(TypeError, match=message):
+        broadcast("user.1", deep)
+    assert sends == []
+    assert redis_client.exists("orders", "user.1") == 0
+
+
+async def test_async_twins_refuse_a_too_deep_payload(redis_client: redis.Redis) -> None:
+    """Tests that apublish, apublish_many and abroadcast refuse it the same way."""
+    deep = deeper_than_consumers_read()
+    for call in (
+        apublish("orders", deep),
+        apublish_many("orders", [deep]),
+        abroadcast("user.1", deep),
+        abroadcast("chat.lobby", deep),
+    ):
+        with pytest.raises(TypeError, match="nested deeper than 100 levels"):
+            await call
+    assert redis_client.exists("orders", "user.1") == 0
+
+
+@pytest.fixture
+def full_redis(redis_server_factory: Callable[[], RedisServer]) -> dict[str, str]:
+    """Return ``REDIS_BROKER`` for a private Redis whose memory is full under noeviction."""
+    server = redis_server_factory()
+    client = redis.Redis(port=server.port)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    client.close()
+    return {"URL": server.url}
+
+
+def test_out_of_memory_redis_raises_write_refused_naming_the_stream(
+    full_redis: dict[str, str], settings: Any
+) -> None:
+    """Tests that OOM replies become WriteRefused, a BrokerUnavailable that names the stream
+    or channel, quotes Redis and points at maxmemory and maxmemory-policy."""
+    settings.REDIS_BROKER = full_redis
+    for call, target in [
+        (lambda: publish("orders", 1), "stream 'orders'"),
+        (lambda: publish_many("orders", [1, 2]), "stream 'orders'"),
+        (lambda: broadcast("user.1", 1), "durable channel 'user.1'"),
+    ]:
+        with pytest.raises(WriteRefused) as info:
+            call()
+        assert isinstance(info.value, BrokerUnavailable)
+        said = str(info.value)
+        assert f"refused the write to {target}" in said, said
+        assert "maxmemory-policy" in said
+        assert "command not allowed when used memory > 'maxmemory'" in said
+    assert broadcast("chat.lobby", 1) == 0  # PUBLISH stores nothing: Redis still takes it
+
+
+async def test_async_publish_on_out_of_memory_redis_raises_write_refused(
+    full_redis: dict[str, str],
+) -> None:
+    """Tests that apublish, apublish_many and a durable abroadcast raise WriteRefused too."""
+    with override_settings(REDIS_BROKER=full_redis):
+        for call in (apublish("orders", 1), apublish_many("orders", [1]), abroadcast("user.1", 1)):
+            with pytest.raises(WriteRefused, match="maxmemory"):
+                await call
+
+
+def test_read_only_replica_raises_write_refused(
+    redis_server_factory: Callable[[], RedisServer],
+) -> None:
+    """Tests that publishing to a replica raises WriteRefused saying to use the primary."""
+    primary, replica = redis_server_factory(), redis_server_factory()
+    client = redis.Redis(port=replica.port)
+    client.replicaof("127.0.0.1", primary.port)
+    client.close()
+    with (
+        override_settings(REDIS_BROKER={"URL": replica.url}),
+        pytest.raises(WriteRefused, match=r"read-only replica; point .* at the primary"),
+    ):
+        publish("orders", 1)

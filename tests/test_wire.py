@@ -7,6 +7,7 @@ import decimal
 import json
 import os
 import uuid
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,137 @@ def test_forked_child_does_not_repeat_its_parents_event_ids() -> None:
     parent_ids = [wire.new_event_id() for _ in range(20)]
     assert len(child_ids) == 20
     assert not set(child_ids) & set(parent_ids)
+
+
+# --- Poison input: no decoding raises anything but MalformedEntry -------------------------
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """Return ``leaf`` inside ``depth`` alternating lists and objects."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def nested_text(depth: int) -> str:
+    """Return JSON text nested ``depth`` arrays deep, built as text (no Python recursion)."""
+    return "[" * depth + "1" + "]" * depth
+
+
+def python_depth(value: Any) -> int:
+    """Return the nesting depth of a decoded JSON value (the reference json_depth must match)."""
+    if isinstance(value, dict):
+        return 1 + max((python_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((python_depth(v) for v in value), default=0)
+    return 0
+
+
+HUGE_INT = "9" * 5000  # more digits than Python converts (sys.get_int_max_str_digits)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (nested_text(1000).encode(), "nested deeper than 100 levels"),
+        (nested_text(wire.MAX_DEPTH + 1).encode(), "nested deeper than 100 levels"),
+        (b"[" * 100_000, "nested deeper than 100 levels"),  # unclosed
+        (HUGE_INT.encode(), "not JSON"),
+        (b'"\xff"', "not UTF-8"),
+        (b'"\xed\xa0\x80"', "not UTF-8"),  # a UTF-16 surrogate encoded as UTF-8
+        (b'"\\ud800"', "not valid Unicode"),  # a lone surrogate escape
+        (b'{"a": "\\udc00\\ud800"}', "not valid Unicode"),  # pair in the wrong order
+    ],
+)
+def test_poison_data_raises_malformed_entry(data: bytes, reason: str) -> None:
+    """Tests that deep nesting, huge numbers, bad UTF-8 and lone surrogates in an entry's
+    data raise MalformedEntry saying why, never RecursionError or ValueError."""
+    with pytest.raises(MalformedEntry, match=reason):
+        wire.decode_entry({b"data": data, b"event_id": b"e"})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        nested_text(1000).encode(),
+        b'{"type": "", "data": ' + nested_text(1000).encode() + b', "event_id": "e"}',
+        b'{"data": ' + HUGE_INT.encode() + b', "event_id": "e"}',
+        b'{"data": "\xed\xa0\x80", "event_id": "e"}',
+        b'{"data": "\\ud800", "event_id": "e"}',
+        nested_text(wire.MAX_DEPTH + 1).encode(),  # a foreign value deeper than a payload
+    ],
+)
+def test_poison_pubsub_message_raises_malformed_entry(raw: bytes) -> None:
+    """Tests that a Pub/Sub message nested too deep, with a huge number or a lone
+    surrogate raises MalformedEntry, whether it is our envelope or a foreign value."""
+    with pytest.raises(MalformedEntry):
+        wire.decode_message(raw)
+
+
+def test_headers_nested_too_deep_raise_malformed_entry() -> None:
+    """Tests that the headers field goes through the same reader as the data field."""
+    headers = '{"h": ' + nested_text(1000) + "}"
+    with pytest.raises(MalformedEntry, match="'headers' field is nested deeper"):
+        wire.decode_entry({"data": "1", "headers": headers})
+
+
+def test_payload_at_max_depth_round_trips_and_one_more_level_is_refused() -> None:
+    """Tests that MAX_DEPTH levels are published and read back, by entry and by message,
+    and that one more level is refused by the encoder with a clear TypeError."""
+    deepest = nested(wire.MAX_DEPTH)
+    assert wire.decode_entry(wire.encode_entry(deepest)).data == deepest
+    assert wire.decode_message(wire.encode_message(deepest, entry_id="1-0")).data == deepest
+    message = "nested deeper than 100 levels; consumers could not decode it"
+    too_deep = nested(wire.MAX_DEPTH + 1)
+    with pytest.raises(TypeError, match=message):
+        wire.encode_entry(too_deep)
+    with pytest.raises(TypeError, match=message):
+        wire.encode_message(too_deep)
+    with pytest.raises(TypeError, match=f"The headers cannot be sent: {message}"):
+        wire.encode_entry(1, headers={"h": nested(wire.MAX_DEPTH)})
+
+
+def test_payload_too_deep_for_the_python_stack_is_a_type_error() -> None:
+    """Tests that a payload nested thousands deep is refused with the depth message, not
+    with RecursionError."""
+    with pytest.raises(TypeError, match="nested deeper than 100 levels"):
+        wire.dumps(nested(5000))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["[" * 500, "{" * 500],
+        {"[[[": "]]]" * 300, "k": [["\\"] * 3, '"[', '\\"[{']},
+        [{"id": n, "name": f"item [{n}]"} for n in range(300)],
+        [{"escaped": '\\\\"[', "unicode": "é[ü{"}] * 200,
+        nested(wire.MAX_DEPTH, leaf="[" * 200),
+    ],
+)
+def test_brackets_inside_strings_do_not_count_towards_depth(value: Any) -> None:
+    """Tests that brackets in strings (escaped quotes and backslashes included) do not
+    make a shallow payload look deep, in compact and indented JSON alike."""
+    for text in (wire.dumps(value), json.dumps(value), json.dumps(value, indent=2)):
+        assert wire.json_depth(text) == python_depth(value)
+    assert wire.decode_entry(wire.encode_entry(value)).data == value
+
+
+def test_valid_surrogate_pair_escape_is_accepted() -> None:
+    """Tests that an escaped astral character (a surrogate pair) decodes as usual."""
+    assert wire.decode_entry({b"data": b'"\\ud83d\\ude00"'}).data == "\U0001f600"
+    assert wire.loads('"\\\\ud800"') == "\\ud800"  # an escaped backslash, not an escape
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_and_infinity_are_refused_when_publishing(value: float) -> None:
+    """Tests that publishing refuses floats that JSON (and other languages) cannot carry."""
+    with pytest.raises(TypeError, match="cannot be"):
+        wire.encode_entry({"x": value})
+
+
+@pytest.mark.parametrize("text", ['{"x": NaN}', "[Infinity]", "-Infinity"])
+def test_nan_and_infinity_from_other_producers_are_malformed(text: str) -> None:
+    """Tests that a reader treats the non-JSON constants Python would accept as malformed."""
+    with pytest.raises(MalformedEntry, match="not JSON"):
+        wire.loads(text)

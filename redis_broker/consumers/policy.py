@@ -6,7 +6,8 @@ so the worker loop reads as a sequence of decisions rather than of commands.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -37,6 +38,53 @@ class RetryPolicy:
     def exhausted(self, delivery_count: int) -> bool:
         """Return True when a failure at ``delivery_count`` should dead-letter the entry."""
         return delivery_count >= self.max_deliveries
+
+
+class RetrySchedule:
+    """When each of our failed entries is due for another delivery (a min-heap by due time).
+
+    It also remembers how many deliveries each scheduled entry had, because a retry is an
+    XCLAIM to ourselves, which does not report the count.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, bytes, int]] = []  # (due, entry id, delay ms)
+        self._counts: dict[bytes, int] = {}  # entry id -> deliveries so far
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def add(self, entry_id: bytes, delivery_count: int, delay_ms: int, now: float) -> None:
+        """Plan delivery ``delivery_count + 1`` of ``entry_id`` in ``delay_ms``."""
+        self._counts[entry_id] = delivery_count
+        heapq.heappush(self._heap, (now + delay_ms / 1000, entry_id, delay_ms))
+
+    def next_due(self) -> float | None:
+        """Return the monotonic time of the earliest retry, or None when none is planned."""
+        return self._heap[0][0] if self._heap else None
+
+    def take_due(self, now: float, limit: int) -> tuple[dict[bytes, int], int]:
+        """Remove up to ``limit`` due entries; return their next delivery counts and the
+        shortest of their delays (the XCLAIM idle threshold)."""
+        counts: dict[bytes, int] = {}
+        shortest = 0
+        while self._heap and self._heap[0][0] <= now and len(counts) < limit:
+            _, entry_id, delay_ms = heapq.heappop(self._heap)
+            counts[entry_id] = self._counts.pop(entry_id, 0) + 1
+            shortest = delay_ms if len(counts) == 1 else min(shortest, delay_ms)
+        return counts, shortest
+
+    def forget(self, ids: Iterable[bytes]) -> None:
+        """Drop planned retries of ``ids`` (taken over by a reclaim: due now)."""
+        dropped = [entry_id for entry_id in ids if self._counts.pop(entry_id, None) is not None]
+        if dropped:
+            self._heap = [row for row in self._heap if row[1] in self._counts]
+            heapq.heapify(self._heap)
+
+    def clear(self) -> None:
+        """Forget everything: after a reconnect or a lost group, Redis is the truth."""
+        self._heap.clear()
+        self._counts.clear()
 
 
 def is_nogroup(exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ from django.db import close_old_connections, connections
 
 from ..conf import BrokerConfig, get_config
 from ..connection import CONNECTION_ERRORS, aclose_async_redis, get_async_redis, unavailable
+from ..heartbeat import Heartbeat
 from . import policy, registry
 from .registry import StreamConsumerSpec
 from .worker import REDIS_ERRORS, GroupWorker, wait_or_stop
@@ -86,6 +87,7 @@ class ConsumerRunner:
         self.echo = echo or _print
         self.config = config
         self.workers: list[GroupWorker] = []
+        self.heartbeat: Heartbeat | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._cold: asyncio.Event | None = None
@@ -144,6 +146,13 @@ class ConsumerRunner:
                 )
                 for spec in specs
             ]
+            self.heartbeat = Heartbeat(
+                client,
+                prefix=config.key_prefix,
+                name=self.consumer_name,
+                interval=config.consumers.heartbeat_interval,
+                describe=self._describe,
+            )
             await self._start(client, config)
             self._announce()
             with self._signals():
@@ -151,12 +160,21 @@ class ConsumerRunner:
             self.echo(await self.status_line())
             return code
         finally:
+            if self.heartbeat is not None and self.heartbeat.held:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.heartbeat.release()
             await aclose_async_redis()
 
     async def _start(self, client: redis.asyncio.Redis, config: BrokerConfig) -> None:
-        """Check that Redis answers and create every group, or raise ``BrokerUnavailable``."""
+        """Check that Redis answers, claim the consumer name, and create every group.
+
+        Raises ``BrokerUnavailable`` when Redis does not answer, and ``ConsumerNameInUse``
+        when another live process runs under the same consumer name. The name's claim
+        rides in the same round trip as the PING.
+        """
+        assert self.heartbeat is not None
         try:
-            await client.ping()
+            await self.heartbeat.claim()
             for worker in self.workers:
                 await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
         except CONNECTION_ERRORS as exc:
@@ -181,8 +199,11 @@ class ConsumerRunner:
         self, client: redis.asyncio.Redis, stop: asyncio.Event, config: BrokerConfig
     ) -> int:
         assert self._cold is not None
+        settings = config.consumers
         background: list[asyncio.Task[None]] = [
-            asyncio.create_task(self._report(config.consumers.status_interval, stop), name="status")
+            asyncio.create_task(self._report(settings.status_interval, stop), name="status"),
+            asyncio.create_task(self._keep_alive(settings.heartbeat_interval, stop), name="beat"),
+            asyncio.create_task(self._watch(settings.slow_call_warning, stop), name="watch"),
         ]
         relay = None
         if self.relay_outbox:
@@ -318,14 +339,70 @@ class ConsumerRunner:
             except Exception:
                 logger.exception("Could not report the status")
 
+    async def _keep_alive(self, interval: float, stop: asyncio.Event) -> None:
+        """Refresh the heartbeat every ``interval`` seconds until ``stop``; survive outages."""
+        assert self.heartbeat is not None
+        warned = False
+        while True:
+            await wait_or_stop(stop, interval)
+            if stop.is_set():
+                return
+            try:
+                await self.heartbeat.beat()
+            except REDIS_ERRORS as exc:
+                logger.debug("Heartbeat not sent (%s)", exc)  # the workers say Redis is down
+                continue
+            if self.heartbeat.lost and not warned:
+                logger.error(
+                    "Another process took over the consumer name %r while this one could "
+                    "not reach Redis; both now share one pending list. Stop one of them.",
+                    self.consumer_name,
+                )
+            warned = self.heartbeat.lost
+
+    async def _watch(self, threshold: float, stop: asyncio.Event) -> None:
+        """Log each handler call that runs longer than ``threshold`` seconds, once."""
+        tick = min(1.0, threshold / 2)
+        while True:
+            await wait_or_stop(stop, tick)
+            if stop.is_set():
+                return
+            for worker in self.workers:
+                worker.warn_slow_calls(threshold)
+
+    def _describe(self) -> dict[str, Any]:
+        """Return the live part of this process's heartbeat."""
+        oldest = self._oldest_call_age()
+        return {
+            "consumers": [
+                {"kind": "stream", "name": w.spec.name, "stream": w.spec.stream, "group": w.group}
+                for w in self.workers
+            ],
+            "in_flight": sum(w.in_flight() for w in self.workers),
+            "oldest_call_s": None if oldest is None else round(oldest, 3),
+        }
+
+    def _oldest_call_age(self) -> float | None:
+        starts = [start for w in self.workers if (start := w.oldest_call()) is not None]
+        return time.monotonic() - min(starts) if starts else None
+
     async def status_line(self, rate: float | None = None) -> str:
-        """Return ``processed=… failed=… dead-lettered=… pending=… rate=…/s outbox=…``."""
+        """Return ``processed=… failed=… dead-lettered=… in-flight=… pending=… rate=…/s``.
+
+        While handler calls run, ``oldest-call=…s`` gives the age of the longest one.
+        """
         stats = [w.stats for w in self.workers]
         parts = [
             f"processed={sum(s.processed for s in stats)}",
             f"failed={sum(s.failed for s in stats)}",
             f"dead-lettered={sum(s.dead_lettered for s in stats)}",
         ]
+        in_flight = sum(w.in_flight() for w in self.workers)
+        if in_flight:
+            parts.append(f"in-flight={in_flight}")
+        oldest = self._oldest_call_age()
+        if oldest is not None:
+            parts.append(f"oldest-call={oldest:.1f}s")
         try:
             pending = 0
             for worker in self.workers:

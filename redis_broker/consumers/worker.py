@@ -1,51 +1,53 @@
-"""The loop of one consumer: read a (stream, group), call the handler, ack, retry, dead-letter.
+"""The loop of one consumer: read a (stream, group), hand entries to lanes, settle outcomes.
 
 One ``GroupWorker`` runs per registered consumer, as a task on the runner's event loop.
-Each step does one thing, in this order of priority: deliver failed entries whose
-back-off is over (XCLAIM to ourselves), take over entries another consumer abandoned
-(XAUTOCLAIM), re-read our own pending list after a (re)start, and read new entries
-(XREADGROUP ``>``). Acks of a batch ride in the same round trip as the next read.
+It reads entries and hands them to the handler's lanes (``execution.py``), which run up
+to ``concurrency`` calls at once; outcomes come back as calls finish and are settled:
+acked, scheduled for a retry, or dead-lettered. Reading goes on while calls run, so one
+stuck handler holds one lane and never the consumer.
+
+Each step does one thing, in this order of priority: settle failed calls, deliver
+failed entries whose back-off is over (XCLAIM to ourselves), take over entries another
+consumer abandoned (XAUTOCLAIM), re-read our own pending list after a (re)start, and
+read new entries (XREADGROUP ``>``) while fewer than a batch wait for a lane. Acks ride
+in the same round trip as the next read; while that read blocks, outcomes are settled
+on another pooled connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import threading
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 import redis.asyncio
-from django.db import connections
 
 from ..conf import BrokerConfig
 from ..connection import CONNECTION_ERRORS
 from ..exceptions import ConsumerGroupMissing, MalformedEntry, Reject
 from ..naming import prefixed
-from ..wire import decode_entry
+from ..wire import decode_entry_parts
 from . import policy
+from .execution import Failure, Lanes, lanes_for
 from .message import StreamMessage
 from .registry import StreamConsumerSpec
 
 logger = logging.getLogger("redis_broker.consumers")
 
-#: A sync handler call slower than this (seconds) lets the batch use one more thread.
-SLOW_CALL = 0.001
 #: Longest pause between attempts while Redis cannot be reached; keeps resumption < 5 s.
 MAX_RECONNECT_DELAY = 1.0
+#: Longest pause between checks of a burst run waiting for entries other workers hold.
+BURST_POLL = 0.25
+#: Entry ids named at most in one log line about abandoned entries.
+MAX_IDS_LOGGED = 20
 
 #: Anything a Redis call may raise: a lost connection or a refused command.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.RedisError)
-
-Item = tuple[bytes, StreamMessage]
-Failure = tuple[Item, Exception]
 
 
 @dataclass(slots=True)
@@ -92,8 +94,11 @@ class GroupWorker:
         self.concurrency = concurrency or spec.concurrency or settings.concurrency
         self.block_ms = settings.block_ms
         self.claim_idle_ms = settings.claim_idle_ms
-        # Scan for abandoned entries twice per CLAIM_IDLE_MS, but not more than every 5 s.
+        # Scan for abandoned entries twice per CLAIM_IDLE_MS, but not more than every 5 s;
+        # a burst run waiting for a dead worker's entries looks more often.
         self.claim_interval = min(settings.claim_idle_ms / 2000, 5.0)
+        if burst:
+            self.claim_interval = min(self.claim_interval, BURST_POLL)
         self.retry = policy.RetryPolicy(
             settings.max_deliveries, settings.retry_backoff_ms, settings.retry_backoff_max_ms
         )
@@ -102,16 +107,20 @@ class GroupWorker:
         self.burst = burst
         self.stats = ConsumerStats()
         self.client: redis.asyncio.Redis | None = None
+        self.lanes: Lanes[StreamMessage] | None = None
         self._acks: list[bytes] = []
-        self._retry_heap: list[tuple[float, bytes, int]] = []  # (due, id, delay ms)
-        self._retry_counts: dict[bytes, int] = {}  # id -> deliveries so far
+        self._failures: list[Failure[StreamMessage]] = []
+        self._in_flight = 0  # entries handed to the lanes whose outcome is not collected
+        self._retries = policy.RetrySchedule()
         self._claim_at = 0.0
         self._claim_cursor = b"0-0"
         self._history: bytes | None = b"0"  # cursor in our own pending list; None: done
         self._ready = False
         self._group_warned = False
-        self._executor: ThreadPoolExecutor | None = None
-        self._cancel_threads = threading.Event()
+        self._progress = asyncio.Event()
+        self._blocked = False  # inside a blocking read: outcomes are settled aside
+        self._settler: asyncio.Task[None] | None = None
+        self._slow_warned: set[bytes] = set()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -120,54 +129,61 @@ class GroupWorker:
 
         Never dies on Redis trouble: connection errors are logged once and retried with
         a back-off of at most ``MAX_RECONNECT_DELAY``; anything else unexpected is
-        logged with its traceback and retried too. Cancellation propagates.
+        logged with its traceback and retried too. After ``stop``, calls in flight are
+        finished and settled. Cancellation (a cold stop) abandons them: their entries
+        stay pending for another worker, and the log names them.
         """
         self.client = client
-        self._cancel_threads.clear()  # a burst run may start the worker again
-        failures = 0
+        self._progress = asyncio.Event()
+        self.lanes = lanes_for(
+            self.spec.func,
+            is_async=self.is_async,
+            limit=self.concurrency,
+            notify=self._notify,
+            name=f"redis-broker-{self.spec.name}",
+        )
         try:
-            while not stop.is_set():
-                try:
-                    if not self._ready:
-                        await self._setup()
-                    worked = await self._step()
-                except ConsumerGroupMissing as exc:
-                    if not self._group_warned:
-                        logger.warning("%s", exc)
-                        self._group_warned = True
-                    self._forget_deliveries()
-                    self._ready = False
-                    continue
-                except CONNECTION_ERRORS as exc:
-                    failures += 1
-                    self._ready = False
-                    delay = min(0.1 * 2 ** (failures - 1), MAX_RECONNECT_DELAY)
+            await self._consume(stop)
+            await self._finish_in_flight()
+        finally:
+            if self._settler is not None:
+                self._settler.cancel()
+            abandoned = self.lanes.abandon()
+            if abandoned:
+                self._log_abandoned(abandoned)
+            await self._final_flush()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                if not self._ready:
+                    await self._setup()
+                worked = await self._step()
+                if not worked and self.burst and await self._burst_done(stop):
+                    return
+            except ConsumerGroupMissing as exc:
+                if not self._group_warned:
+                    logger.warning("%s", exc)
+                    self._group_warned = True
+                self._forget_deliveries()
+                self._ready = False
+                continue
+            except Exception as exc:
+                failures += 1
+                self._ready = False
+                delay = min(0.1 * 2 ** (failures - 1), MAX_RECONNECT_DELAY)
+                if isinstance(exc, CONNECTION_ERRORS):
                     log = logger.warning if failures == 1 else logger.debug
                     log("%s: Redis unreachable (%s); retrying every %.1f s", self, exc, delay)
-                    await wait_or_stop(stop, delay)
-                    continue
-                except Exception:
-                    failures += 1
-                    self._ready = False
-                    delay = min(0.1 * 2 ** (failures - 1), MAX_RECONNECT_DELAY)
+                else:
                     logger.exception("%s: unexpected error; retrying in %.1f s", self, delay)
-                    await wait_or_stop(stop, delay)
-                    continue
-                if failures:
-                    logger.warning("%s: Redis answers again; resuming", self)
-                    failures = 0
-                self._group_warned = False  # one warning per lost group, not per process
-                if not worked:
-                    if self.burst:
-                        if self._idle():
-                            return
-                        await wait_or_stop(stop, self._until_next_due(0.05))
-        finally:
-            await self._final_flush()
-            self._cancel_threads.set()
-            executor, self._executor = self._executor, None
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+                await wait_or_stop(stop, delay)
+                continue
+            if failures:
+                logger.warning("%s: Redis answers again; resuming", self)
+                failures = 0
+            self._group_warned = False  # one warning per lost group, not per process
 
     def __str__(self) -> str:
         return f"{self.spec.name} ({self.spec.stream}:{self.group})"
@@ -184,42 +200,94 @@ class GroupWorker:
         self._ready = True
 
     def _forget_deliveries(self) -> None:
-        """Drop per-entry state: after a reconnect or a lost group, Redis is the truth."""
+        """Drop per-entry state: after a reconnect or a lost group, Redis is the truth.
+
+        Calls still in flight stay with the lanes, which ``_dispatch`` asks before it
+        hands an entry read again to a second lane.
+        """
         self._acks = []
-        self._retry_heap.clear()
-        self._retry_counts.clear()
+        self._retries.clear()
         self._history = b"0"
         self._claim_at = 0.0
         self._claim_cursor = b"0-0"
 
     async def _step(self) -> bool:
         """Do the most urgent piece of work; return False when there was nothing to do."""
+        assert self.lanes is not None
+        self._progress.clear()  # outcomes from here on wake a wait below
+        self._collect()
         try:
+            if self._failures:
+                await self._settle_failures()
+                return True
             now = time.monotonic()
-            if self._retry_heap and self._retry_heap[0][0] <= now:
+            due = self._retries.next_due()
+            if due is not None and due <= now:
                 return await self._deliver_retries(now)
             if now >= self._claim_at and await self._reclaim(now):
                 return True
             if self._history is not None:
                 return await self._read_history()
+            if self.lanes.waiting() > self.batch_size:
+                # Two batches wait for a lane (one read ahead): read more once calls finish.
+                await self._wait_for_progress(self._until_next_due(self.block_ms / 1000))
+                return True
             return await self._read_new()
         except redis.ResponseError as exc:
             if policy.is_nogroup(exc):
                 raise policy.group_missing(self.spec.stream, self.group) from exc
             raise
 
-    def _idle(self) -> bool:
-        return not self._retry_heap and self._history is None and self._claim_cursor == b"0-0"
+    def _busy(self) -> bool:
+        """Return True while calls run or wait, or outcomes wait to be settled."""
+        return bool(self._in_flight or self._failures)
+
+    async def _burst_done(self, stop: asyncio.Event) -> bool:
+        """Return True once nothing is left: no call, no retry, nothing pending in the group.
+
+        Entries other consumers hold are waited for: a live worker acks them, a dead
+        one's are claimed once idle for CLAIM_IDLE_MS. So a cron job's exit 0 means the
+        group's work is done.
+        """
+        assert self.client is not None
+        if self._busy():
+            await self._wait_for_progress(self._until_next_due(BURST_POLL))
+            return False
+        if self._retries or self._history is not None or self._claim_cursor != b"0-0":
+            await wait_or_stop(stop, self._until_next_due(BURST_POLL))
+            return False
+        await self._flush_acks()
+        summary = await self.client.xpending(self.key, self.group)
+        if int(summary["pending"]) == 0:
+            return True
+        await wait_or_stop(stop, self._until_next_due(BURST_POLL))
+        return False
 
     def _until_next_due(self, cap: float) -> float:
         """Return seconds until a retry or a reclaim scan is due, at most ``cap``."""
         now = time.monotonic()
         wait = min(cap, max(0.0, self._claim_at - now))
-        if self._retry_heap:
-            wait = min(wait, max(0.0, self._retry_heap[0][0] - now))
+        due = self._retries.next_due()
+        if due is not None:
+            wait = min(wait, max(0.0, due - now))
         return wait
 
-    # -- the four sources of entries ----------------------------------------------------
+    async def _wait_for_progress(self, seconds: float) -> None:
+        """Wait until a call finishes, or ``seconds``."""
+        assert self.lanes is not None
+        if seconds <= 0:
+            return
+        self.lanes.watched = True
+        try:
+            if not self.lanes.has_outcomes():
+                async with asyncio.timeout(seconds):  # no task, unlike wait_for on 3.11
+                    await self._progress.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.lanes.watched = False
+
+    # -- the sources of entries ---------------------------------------------------------
 
     def _block_ms(self) -> int | None:
         if self.burst:
@@ -227,8 +295,13 @@ class GroupWorker:
         return max(1, int(self._until_next_due(self.block_ms / 1000) * 1000))
 
     async def _fetch(self, acks: list[bytes], block: int | None) -> list[policy.RawEntry]:
-        """Read new entries (XREADGROUP ``>``), sending ``acks`` in the same round trip."""
-        assert self.client is not None
+        """Read new entries (XREADGROUP ``>``), sending ``acks`` in the same round trip.
+
+        While a read blocks, calls that finish are settled aside, so their acks do not
+        wait for the read to return.
+        """
+        assert self.client is not None and self.lanes is not None
+        self._blocked = self.lanes.watched = block is not None
         try:
             if acks:
                 pipe = self.client.pipeline(transaction=False)
@@ -242,14 +315,22 @@ class GroupWorker:
         except BaseException:
             self._acks[:0] = acks  # not sent: keep them for the next round trip
             raise
+        finally:
+            self._blocked = self.lanes.watched = False
         return cast(Any, reply)[0][1] if reply else []
 
     async def _read_new(self) -> bool:
+        block = self._block_ms()
+        if block is not None and self._in_flight:
+            # Let the lanes run once before a read that may wait: calls that finish
+            # without suspending are then acked by this read, not by a second command.
+            await asyncio.sleep(0)
+            self._collect()
         acks, self._acks = self._acks, []
-        entries = await self._fetch(acks, self._block_ms())
+        entries = await self._fetch(acks, block)
         if not entries:
             return False
-        await self._process(entries, None)
+        await self._dispatch(entries, None)
         return True
 
     async def _read_history(self) -> bool:
@@ -264,10 +345,7 @@ class GroupWorker:
             self._history = None  # caught up: new entries next
             return True
         self._history = entries[-1][0]
-        counts = await policy.delivery_counts(
-            self.client, self.key, self.group, self.consumer, [e[0] for e in entries if e[1]]
-        )
-        await self._process(entries, counts)
+        await self._dispatch_with_counts(entries)
         return True
 
     async def _reclaim(self, now: float) -> bool:
@@ -291,27 +369,21 @@ class GroupWorker:
         if deleted:
             self.stats.trimmed += deleted
             logger.warning("%s: %d pending entries were trimmed away; dropped", self, deleted)
+        # Our own slow calls look abandoned too; they are still running here.
+        if entries and self._in_flight:
+            holding = self.lanes.holding() if self.lanes is not None else set()
+            entries = [entry for entry in entries if entry[0] not in holding]
         if not entries:
             return False
-        for entry_id, _ in entries:
-            self._retry_counts.pop(entry_id, None)  # ours, idle past CLAIM_IDLE_MS: due now
-        self._retry_heap = [r for r in self._retry_heap if r[1] in self._retry_counts]
-        heapq.heapify(self._retry_heap)
+        self._retries.forget(entry_id for entry_id, _ in entries)  # idle that long: due now
         self.stats.reclaimed += len(entries)
         logger.info("%s: reclaimed %d abandoned entries", self, len(entries))
-        counts = await policy.delivery_counts(
-            self.client, self.key, self.group, self.consumer, [e[0] for e in entries if e[1]]
-        )
-        await self._process(entries, counts)
+        await self._dispatch_with_counts(entries)
         return True
 
     async def _deliver_retries(self, now: float) -> bool:
         assert self.client is not None
-        due: list[tuple[bytes, int]] = []
-        while self._retry_heap and self._retry_heap[0][0] <= now and len(due) < self.batch_size:
-            _, entry_id, delay_ms = heapq.heappop(self._retry_heap)
-            due.append((entry_id, delay_ms))
-        counts = {entry_id: self._retry_counts.pop(entry_id, 0) + 1 for entry_id, _ in due}
+        counts, shortest_ms = self._retries.take_due(now, self.batch_size)
         entries = await policy.claim_for_retry(
             self.client,
             key=self.key,
@@ -319,32 +391,48 @@ class GroupWorker:
             consumer=self.consumer,
             # Idle time counts from the delivery, the delay from the failure after it;
             # 10 % slack absorbs clock granularity.
-            min_idle_ms=int(min(delay for _, delay in due) * 0.9),
-            ids=[entry_id for entry_id, _ in due],
+            min_idle_ms=int(shortest_ms * 0.9),
+            ids=list(counts),
         )
-        await self._process(entries, counts)
+        await self._dispatch(entries, counts)
         return True
+
+    async def _dispatch_with_counts(self, entries: Sequence[policy.RawEntry]) -> None:
+        """Dispatch entries read again, with their delivery counts from one XPENDING."""
+        assert self.client is not None
+        counts = await policy.delivery_counts(
+            self.client, self.key, self.group, self.consumer, [e[0] for e in entries if e[1]]
+        )
+        await self._dispatch(entries, counts)
 
     # -- handling ---------------------------------------------------------------------
 
-    async def _process(
+    async def _dispatch(
         self, entries: Sequence[policy.RawEntry], counts: Mapping[bytes, int] | None
     ) -> None:
-        """Decode a batch, run the handler on it, and settle every entry."""
+        """Decode entries and queue them for the lanes; settle the ones that cannot run."""
+        assert self.lanes is not None
         stream, group, max_deliveries = self.spec.stream, self.group, self.retry.max_deliveries
         build_message = StreamMessage.build
-        items: list[Item] = []
+        # Entries read again (our history after a reconnect) may still be running here.
+        holding = self.lanes.holding() if counts is not None and self._in_flight else ()
+        items: list[tuple[bytes, StreamMessage]] = []
         for entry_id, raw in entries:
+            if entry_id in holding:
+                continue
             if not raw:  # pending, but its body was trimmed from the stream
                 self._acks.append(entry_id)
                 self.stats.trimmed += 1
                 continue
             count = 1 if counts is None else counts.get(entry_id, 1)
             try:
-                decoded = decode_entry(raw)
+                type_, data, event_id, published_at, headers, fields = decode_entry_parts(raw)
             except MalformedEntry as exc:
                 logger.error(
-                    "%s: entry %s is malformed (%s); dead-lettering it", self, entry_id, exc
+                    "%s: entry %s is malformed (%s); dead-lettering it",
+                    self,
+                    entry_id.decode(),
+                    exc,
                 )
                 await self._dead_letter(entry_id, policy.text_fields(raw), describe(exc), count)
                 continue
@@ -354,101 +442,71 @@ class GroupWorker:
                     "%s: entry %s (event %s) reached delivery %d without being settled; "
                     "dead-lettering it",
                     self,
-                    entry_id,
-                    decoded.event_id,
+                    entry_id.decode(),
+                    event_id,
                     count,
                 )
                 await self._dead_letter(
-                    entry_id, decoded.fields, "delivered too often without an outcome", count
+                    entry_id, fields, "delivered too often without an outcome", count
                 )
                 continue
             message = build_message(
                 entry_id.decode(),
                 stream,
                 group,
-                decoded.data,
-                decoded.type,
-                decoded.event_id,
-                decoded.headers,
-                decoded.published_at,
+                data,
+                type_,
+                event_id,
+                headers,
+                published_at,
                 count,
-                decoded.fields,
+                fields,
             )
             items.append((entry_id, message))
-        if not items:
-            return
-        if self.is_async:
-            failures = await self._run_async(items)
-        else:
-            failures = await self._run_threads(items)
-        self.stats.processed += len(items) - len(failures)
-        for item, error in failures:
-            await self._settle_failure(item, error)
+        if items:
+            self._in_flight += len(items)
+            self.lanes.submit(items)
 
-    async def _run_async(self, items: list[Item]) -> list[Failure]:
-        """Await the handler on each item, at most ``concurrency`` at a time.
+    def _notify(self) -> None:
+        """Called on the loop when calls finished: wake the loop, or settle aside."""
+        self._progress.set()
+        if self._blocked and self._settler is None:
+            self._settler = asyncio.get_running_loop().create_task(self._settle_aside())
 
-        The current task works through the batch itself; helper tasks are only started
-        if a call actually suspends, so handlers that never wait cost no task at all.
-        """
-        handler = self.spec.func
-        acks = self._acks
-        failures: list[Failure] = []
-        queue = deque(items)
-
-        async def work() -> None:
-            while queue:
-                item = queue.popleft()
-                try:
-                    await handler(item[1])
-                except Exception as exc:
-                    failures.append((item, exc))
-                else:
-                    acks.append(item[0])
-
-        limit = min(self.concurrency, len(items))
-        if limit <= 1:
-            await work()
-            return failures
-        helpers: list[asyncio.Task[None]] = []
-        loop = asyncio.get_running_loop()
-
-        def spawn() -> None:
-            helpers.extend(loop.create_task(work()) for _ in range(min(limit - 1, len(queue))))
-
-        # Runs only once this task yields to the loop, i.e. when a handler call suspends.
-        handle = loop.call_soon(spawn)
+    async def _settle_aside(self) -> None:
+        """Settle outcomes while the main loop waits in a blocking read (own connection)."""
         try:
-            await work()
-        except BaseException:
-            for helper in helpers:
-                helper.cancel()
-            raise
+            self._collect()
+            await self._flush_acks()
+            await self._settle_failures()
+        except REDIS_ERRORS as exc:
+            logger.debug("%s: settling deferred to the next read (%s)", self, exc)
         finally:
-            handle.cancel()
-        if helpers:
-            await asyncio.gather(*helpers)
-        return failures
+            self._settler = None
 
-    async def _run_threads(self, items: list[Item]) -> list[Failure]:
-        """Run the sync handler on the items in threads, with Django's connection hygiene."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                self.concurrency, thread_name_prefix=f"redis-broker-{self.spec.name}"
-            )
-        batch = _ThreadBatch(
-            items,
-            self.spec.func,
-            min(self.concurrency, len(items)),
-            self._executor,
-            self._cancel_threads,
-        )
-        await batch.run()
-        self._acks.extend(batch.acked)
-        return batch.failures
+    def _collect(self) -> None:
+        """Take the lanes' outcomes: successes join the next ack, failures wait to settle."""
+        assert self.lanes is not None
+        if not self.lanes.has_outcomes():
+            return
+        done, _results, failed = self.lanes.collect()
+        self._acks += done
+        self._failures += failed
+        self._in_flight -= len(done) + len(failed)
+        self.stats.processed += len(done)
 
-    async def _settle_failure(self, item: Item, exc: Exception) -> None:
-        entry_id, message = item
+    async def _settle_failures(self) -> None:
+        failures, self._failures = self._failures, []
+        for index, (entry_id, message, error) in enumerate(failures):
+            try:
+                await self._settle_failure(entry_id, message, error)
+            except BaseException:
+                self._failures[:0] = failures[index:]  # not settled: try again later
+                raise
+
+    async def _settle_failure(
+        self, entry_id: bytes, message: StreamMessage, exc: Exception
+    ) -> None:
         self.stats.failed += 1
         where = f"{self}: entry {message.id} (event {message.event_id})"
         if isinstance(exc, Reject):
@@ -473,8 +531,7 @@ class GroupWorker:
                 delay,
                 exc_info=exc,
             )
-            self._retry_counts[entry_id] = message.delivery_count
-            heapq.heappush(self._retry_heap, (time.monotonic() + delay / 1000, entry_id, delay))
+            self._retries.add(entry_id, message.delivery_count, delay, time.monotonic())
 
     async def _dead_letter(
         self, entry_id: bytes, fields: Mapping[str, str], error: str, count: int
@@ -504,8 +561,39 @@ class GroupWorker:
                 self._acks[:0] = acks
                 raise
 
+    # -- stopping -----------------------------------------------------------------------
+
+    async def _finish_in_flight(self) -> None:
+        """After a stop request: let every delivered entry finish, and settle it."""
+        while True:
+            self._progress.clear()
+            self._collect()
+            if self._failures:
+                try:
+                    await self._settle_failures()
+                except REDIS_ERRORS as exc:
+                    logger.warning("%s: could not settle failed entries (%s)", self, exc)
+                    self._failures = []  # they stay pending and are delivered again
+            if not self._in_flight:
+                return
+            await self._wait_for_progress(self.block_ms / 1000)
+
+    def _log_abandoned(self, ids: list[bytes]) -> None:
+        shown = ", ".join(entry_id.decode() for entry_id in ids[:MAX_IDS_LOGGED])
+        more = f" and {len(ids) - MAX_IDS_LOGGED} more" if len(ids) > MAX_IDS_LOGGED else ""
+        logger.error(
+            "%s: abandoned %d in-flight entries (%s%s); they stay pending and are "
+            "reclaimed by another worker after CLAIM_IDLE_MS",
+            self,
+            len(ids),
+            shown,
+            more,
+        )
+
     async def _final_flush(self) -> None:
         """Ack what was handled; on failure say so (those entries will be delivered again)."""
+        if self.lanes is not None:
+            self._collect()
         if not self._acks or self.client is None:
             return
         acks, self._acks = self._acks, []
@@ -519,103 +607,43 @@ class GroupWorker:
                 exc,
             )
 
+    # -- what the runner reports -------------------------------------------------------
+
     async def pending(self) -> int:
         """Return how many entries of this group are pending (all its consumers)."""
         assert self.client is not None
         summary = await self.client.xpending(self.key, self.group)
         return int(summary["pending"])
 
+    def in_flight(self) -> int:
+        """Return how many entries were handed to the lanes and have no outcome yet."""
+        return self._in_flight
 
-class _ThreadBatch:
-    """One batch of a sync handler, spread over up to ``limit`` pool threads.
+    def oldest_call(self) -> float | None:
+        """Return the monotonic start of the longest-running handler call, if any."""
+        call = self.lanes.oldest_call() if self.lanes is not None else None
+        return call[1] if call is not None else None
 
-    It starts on one thread and adds another only when a call is slow (I/O-bound
-    handlers), so trivial handlers pay one thread hand-off per batch, not per entry.
-    """
-
-    def __init__(
-        self,
-        items: list[Item],
-        handler: Callable[[StreamMessage], Any],
-        limit: int,
-        executor: ThreadPoolExecutor,
-        cancel: threading.Event,
-    ) -> None:
-        self.queue = deque(items)
-        self.handler = handler
-        self.limit = limit
-        self.executor = executor
-        self.cancel = cancel
-        self.acked: list[bytes] = []
-        self.failures: list[Failure] = []
-        self._lock = threading.Lock()
-        self._running = 0
-        self._started = 0
-        self._loop = asyncio.get_running_loop()
-        self._done: asyncio.Future[None] = self._loop.create_future()
-
-    async def run(self) -> None:
-        """Return once every item was handled (or a cold stop cut the batch short)."""
-        with self._lock:
-            self._spawn()
-        try:
-            await self._done
-        except asyncio.CancelledError:
-            self.cancel.set()  # threads finish their current call and take no more
-            raise
-
-    def _spawn(self) -> None:
-        self._running += 1
-        self._started += 1
-        self.executor.submit(self._work)
-
-    def _work(self) -> None:
-        handler, queue, acked, failures = self.handler, self.queue, self.acked, self.failures
-        # Django's close_old_connections(), as channels' database_sync_to_async runs it
-        # around each call, so no call starts or ends with a connection that broke or
-        # outlived CONN_MAX_AGE. It costs ~3 us a call, mostly listing this thread's
-        # connections; the list is fixed for a pool thread, so it is taken once here.
-        # (The check after one call is also the check before the next.)
-        databases = connections.all()
-
-        def close_old_connections() -> None:
-            for connection in databases:
-                connection.close_if_unusable_or_obsolete()
-
-        try:
-            close_old_connections()
-            while not self.cancel.is_set():
-                try:
-                    item = queue.popleft()
-                except IndexError:
-                    break
-                started = time.perf_counter()
-                try:
-                    handler(item[1])
-                except Exception as exc:
-                    failures.append((item, exc))
-                else:
-                    acked.append(item[0])
-                finally:
-                    close_old_connections()
-                if (
-                    self.queue
-                    and self._started < self.limit
-                    and time.perf_counter() - started > SLOW_CALL
-                ):
-                    with self._lock:
-                        if self._started < self.limit:
-                            self._spawn()
-        finally:
-            with self._lock:
-                self._running -= 1
-                last = self._running == 0
-            if last:
-                self._loop.call_soon_threadsafe(self._finish)
-
-    def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
+    def warn_slow_calls(self, threshold: float) -> None:
+        """Log, once per call, each handler call running longer than ``threshold`` s."""
+        if self.lanes is None:
+            return
+        now = time.monotonic()
+        running = dict(self.lanes.calls)  # a copy: threads change it
+        still = set()
+        for entry_id, started in running.values():
+            still.add(entry_id)
+            if now - started >= threshold and entry_id not in self._slow_warned:
+                self._slow_warned.add(entry_id)
+                logger.warning(
+                    "%s: the handler has been running on entry %s for %.0f s "
+                    "(concurrency %d; other entries keep flowing)",
+                    self,
+                    entry_id.decode(),
+                    now - started,
+                    self.concurrency,
+                )
+        self._slow_warned &= still
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:

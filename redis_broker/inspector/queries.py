@@ -7,7 +7,9 @@ So a page costs the same on a stream of ten entries and on one of ten million.
 
 Replies are bytes (the clients use ``decode_responses=False``); they are decoded for
 display with ``errors="replace"``, so a foreign producer's binary field shows as
-replacement characters instead of breaking the page.
+replacement characters instead of breaking the page. Payloads are parsed with the wire
+format's reader (``wire.loads``): one that it refuses (too deeply nested, a number too
+long, a lone surrogate, not JSON) is shown as its raw text, with the reason.
 """
 
 from __future__ import annotations
@@ -258,7 +260,7 @@ class Entry:
     type: str
     event_id: str
     published_at: str
-    payload: str  # indented JSON, or the raw text of a non-JSON ``data`` field
+    payload: str  # indented JSON, or the raw text of a ``data`` field wire.loads refuses
     payload_is_json: bool
     headers: str  # indented JSON, or ""
     extra: list[tuple[str, str]]  # fields outside the wire format, in entry order
@@ -268,6 +270,7 @@ class Entry:
     error: str = ""
     delivery_count: str = ""
     payload_clipped: bool = False  # longer than MAX_PAYLOAD_CHARS; the rest is not shown
+    payload_problem: str = ""  # why the payload is shown raw (empty when it is JSON)
 
     @property
     def age(self) -> str:
@@ -298,13 +301,19 @@ _KNOWN_FIELDS = {
 }
 
 
-def _pretty(raw: str) -> tuple[str, bool]:
-    """Return ``raw`` as indented JSON when it parses, else unchanged."""
+def _pretty(raw: str, what: str) -> tuple[str, str]:
+    """Return ``raw`` as indented JSON and ``""``, or unchanged and why it is not shown so.
+
+    Parsed by ``wire.loads``, so no payload can break the page: what it refuses is shown
+    as stored.
+    """
     try:
-        value = json.loads(raw)
-    except ValueError:
-        return raw, False
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False), True
+        value = wire.loads(raw, what=what)
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False), ""
+    except MalformedEntry as exc:
+        return raw, str(exc)
+    except RecursionError:  # within MAX_DEPTH, but on an already deep stack
+        return raw, f"the {what} nests too deeply to indent here"
 
 
 def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> Entry:
@@ -313,9 +322,9 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
         fields = wire.fields_as_text(raw)
     except MalformedEntry:
         fields = {text(k): text(v) for k, v in raw.items()}
-    payload, is_json = _pretty(fields.get(wire.DATA, ""))
+    payload, problem = _pretty(fields.get(wire.DATA, ""), "payload")
     clipped = len(payload) > MAX_PAYLOAD_CHARS
-    headers = _pretty(fields[wire.HEADERS])[0] if wire.HEADERS in fields else ""
+    headers = _pretty(fields[wire.HEADERS], "headers")[0] if wire.HEADERS in fields else ""
     return Entry(
         id=entry_id,
         age_ms=now - id_ms(entry_id),
@@ -323,7 +332,7 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
         event_id=fields.get(wire.EVENT_ID, ""),
         published_at=fields.get(wire.PUBLISHED_AT, ""),
         payload=payload[:MAX_PAYLOAD_CHARS],
-        payload_is_json=is_json,
+        payload_is_json=not problem,
         headers=headers,
         extra=[(k, v) for k, v in fields.items() if k not in _KNOWN_FIELDS],
         original_stream=fields.get(wire.ORIGINAL_STREAM, ""),
@@ -331,6 +340,7 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
         error=fields.get(wire.ERROR, ""),
         delivery_count=fields.get(wire.DELIVERY_COUNT, ""),
         payload_clipped=clipped,
+        payload_problem=problem,
     )
 
 

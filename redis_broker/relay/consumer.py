@@ -12,15 +12,18 @@ Client frames (JSON text)::
 
 Server frames: ``subscribed``, ``unsubscribed``, ``message``, ``gap`` and ``error`` (with
 ``code`` one of ``bad_request``, ``forbidden``, ``too_large``, ``rate_limited``,
-``unavailable``). An error frame never closes the socket.
+``unavailable``). An error frame never closes the socket. Frames are parsed by
+``wire.loads``, so no frame can raise anything but a ``bad_request``. Under daphne, frames
+refused before they reach the consumer close with 1009 (too big) or 1007 (not UTF-8):
+see :func:`close_bad_frames_with_a_code`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import sys
 import time
 from typing import Any, cast
 
@@ -29,7 +32,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from .. import wire
 from ..authorization import PUBLISH, SUBSCRIBE, authorize
 from ..conf import WebsocketSettings, get_config
-from ..exceptions import BrokerUnavailable
+from ..exceptions import BrokerUnavailable, MalformedEntry
 from ..naming import is_valid_channel
 from ..publishing import abroadcast
 from .hub import Subscription, get_hub, is_entry_id
@@ -53,6 +56,28 @@ UNAVAILABLE = "unavailable"
 def user_group(pk: Any) -> str:
     """Return the Channels group that holds every socket of the user with ``pk``."""
     return f"redis_broker.user.{pk}"
+
+
+def close_bad_frames_with_a_code() -> None:
+    """Make daphne answer a frame it refuses with a close code instead of dropping TCP.
+
+    Under daphne, autobahn refuses a frame over daphne's size limit (1 MiB unless
+    ``--websocket-max-message-size`` says otherwise) and a text frame that is not UTF-8
+    before any application code sees it, then "fails" the connection. With its
+    ``failByDrop`` option, which daphne leaves at the default ``True`` and exposes
+    nowhere, failing means cutting TCP: the browser sees code 1006 and no reason.
+    Without it, autobahn sends the close code the RFC names (1009 "message too big",
+    1007 "invalid payload data") and closes cleanly. autobahn reads its options from the
+    protocol class when they are set there, so this sets that one option on daphne's
+    protocol class, once, and only in a process where daphne has already imported it
+    (``daphne`` and daphne's ``runserver`` import it before they load the project's ASGI
+    application, which calls this through :meth:`BrokerSocketConsumer.as_asgi`). Other
+    ASGI servers are left alone. Idempotent.
+    """
+    ws_protocol = sys.modules.get("daphne.ws_protocol")
+    protocol = getattr(ws_protocol, "WebSocketProtocol", None)
+    if protocol is not None and "failByDrop" not in vars(protocol):
+        protocol.failByDrop = False
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -86,6 +111,12 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     the hub never waits on a slow socket; a socket whose queue overflows is closed
     with code 4008.
     """
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """Return the relay's ASGI application; see :func:`close_bad_frames_with_a_code`."""
+        close_bad_frames_with_a_code()
+        return super().as_asgi(**initkwargs)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         """Join the user's revocation group before accepting (see ``disconnect_user``)."""
@@ -174,18 +205,23 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     # ------------------------------------------------------------------ frames in
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Check size and JSON, then hand the frame to its action."""
+        """Check size and JSON, then hand the frame to its action.
+
+        Frames are parsed with the wire format's reader, so a frame nested deeper than
+        ``wire.MAX_DEPTH`` (around its ``data``), with a number Python will not convert or
+        with a lone surrogate gets ``bad_request`` like any other non-JSON frame.
+        """
         if text_data is None:
             self.error(BAD_REQUEST, detail="frames must be JSON text")
             return
         limit = self.settings.max_message_bytes
-        if len(text_data) > limit or len(text_data.encode()) > limit:
+        if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
             self.error(TOO_LARGE, detail=f"frames are limited to {limit} bytes")
             return
         try:
-            frame = json.loads(text_data)
-        except ValueError:
-            self.error(BAD_REQUEST, detail="the frame is not JSON")
+            frame = wire.loads(text_data, what="frame", envelope=1)
+        except MalformedEntry as exc:
+            self.error(BAD_REQUEST, detail=str(exc)[:200])
             return
         await self.receive_json(frame)
 

@@ -35,7 +35,13 @@ from redis.exceptions import ResponseError
 
 from .. import wire
 from ..conf import BrokerConfig, get_config
-from ..connection import CONNECTION_ERRORS, build_async_client, get_async_redis, mask_url
+from ..connection import (
+    CONNECTION_ERRORS,
+    build_async_client,
+    explain,
+    get_async_redis,
+    mask_url,
+)
 from ..exceptions import MalformedEntry
 from ..naming import prefixed, unprefixed
 from ..publishing import is_durable
@@ -88,7 +94,7 @@ def message_frame(channel: str, message: wire.DecodedMessage) -> str:
         frame["event_type"] = message.type
     if message.id is not None:
         frame["id"] = message.id
-    return wire.dumps(frame, what="frame")
+    return wire.dumps(frame, what="frame", envelope=1)
 
 
 def control_frame(kind: str, channel: str, **extra: Any) -> str:
@@ -132,7 +138,7 @@ class HubStats:
     gaps: int = 0  # gap frames sent
     reconnects: int = 0  # successful connections after the first
     overflows: int = 0  # sockets closed because their queue was full
-    malformed: int = 0  # messages that were not JSON
+    malformed: int = 0  # messages and replayed entries dropped because undecodable
 
 
 class Hub:
@@ -268,7 +274,7 @@ class Hub:
                     "Relay hub lost Redis at %s (%s: %s); reconnecting in %.2f s (attempt %d)",
                     mask_url(self._config.url),
                     type(exc).__name__,
-                    exc,
+                    explain(exc, self._config.url),  # a TLS mismatch, a missing password...
                     delay,
                     failures,
                 )
@@ -382,10 +388,13 @@ class Hub:
         if not subs:
             return
         try:
+            # decode_message raises MalformedEntry and nothing else, whatever the bytes,
+            # and leaves data that message_frame can always encode: a poison message
+            # costs one log line, never the connection every socket depends on.
             message = wire.decode_message(raw)
         except MalformedEntry as exc:
             self.stats.malformed += 1
-            logger.warning("Dropped a message on %r that is not JSON: %s", channel, exc)
+            logger.warning("Dropped a message on %r that cannot be decoded: %s", channel, exc)
             return
         text = message_frame(channel, message)
         entry_id = message.id if isinstance(message.id, str) else None
@@ -480,8 +489,14 @@ class Hub:
                 entry_id = raw_id.decode()
                 try:
                     entry = wire.decode_entry(fields)
-                except MalformedEntry:
+                except MalformedEntry as exc:
                     self.stats.malformed += 1
+                    logger.warning(
+                        "Skipped entry %s of %r in a replay: it cannot be decoded: %s",
+                        entry_id,
+                        sub.channel,
+                        exc,
+                    )
                     continue
                 message = wire.DecodedMessage(
                     type=entry.type,

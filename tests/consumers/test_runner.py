@@ -212,3 +212,29 @@ def test_lost_group_is_recreated_with_one_warning(
     assert not thread.is_alive()
     warnings = [r for r in caplog.records if "is gone" in r.getMessage()]
     assert len(warnings) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["[" * 1000 + "]" * 1000, "9" * 5000, b"\xff\xfe not utf-8"],
+    ids=["nested-1000-deep", "huge-number", "bad-utf-8"],
+)
+def test_a_poison_entry_is_dead_lettered_at_once_and_the_next_100_are_handled(
+    redis_client: redis.Redis, redis_broker_url: str, data: str | bytes
+) -> None:
+    """Tests that no payload a producer writes stalls a consumer: it goes to the DLQ once."""
+    raw = redis.Redis.from_url(redis_broker_url)  # bytes in, as another producer writes them
+    try:
+        poison_id = raw.xadd("test.orders", {"data": data, "event_id": "poison"}).decode()
+    finally:
+        raw.close()
+    publish_many("test.orders", [{"n": n} for n in range(100)])
+    code, _, runner = run_burst("scripted")
+    assert code == 0
+    assert len(handled(redis_client)) == 100
+    ((_, dead),) = redis_client.xrange(DLQ)
+    assert dead["original_id"] == poison_id
+    assert "MalformedEntry: " in dead["error"]
+    assert dead["delivery_count"] == "1"
+    assert runner.workers[0].stats.dead_lettered == 1
+    assert redis_client.xpending("test.orders", "workers")["pending"] == 0

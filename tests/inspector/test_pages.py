@@ -184,6 +184,37 @@ def test_dead_letter_page_shows_error_and_original_ids(
     assert "ValueError: boom 0" in response.content.decode()
 
 
+#: Payloads no reader can decode: nested 1,000 deep (with markup to escape inside), an
+#: integer past Python's digits limit, a lone surrogate no UTF-8 page can show.
+POISON_PAYLOADS = [
+    "[" * 1000 + '"<b>deep</b>"' + "]" * 1000,
+    "9" * 5000,
+    '"\\ud800"',
+]
+
+
+@pytest.mark.parametrize("page", ["stream", "dead_letters"])
+def test_undecodable_payloads_are_shown_as_raw_escaped_text(
+    admin_client: Client, redis_client: redis.Redis, page: str
+) -> None:
+    """Tests that a stream and a dead-letter stream holding payloads no reader can decode
+    render (200), showing each one's raw text, escaped, with the reason."""
+    key = STREAM if page == "stream" else DLQ
+    for payload in POISON_PAYLOADS:
+        fields = {"data": payload, "type": "poison", "event_id": "e", "published_at": ""}
+        redis_client.xadd(key, fields | {"original_stream": STREAM, "original_id": "1-0"})
+    response = admin_client.get(url(page, stream=STREAM))
+    assert response.status_code == 200
+    entries = response.context["page"].entries
+    assert [e.payload for e in entries] == POISON_PAYLOADS[::-1]
+    assert [e.payload_is_json for e in entries] == [False] * 3
+    body = response.content.decode()
+    assert "&lt;b&gt;deep&lt;/b&gt;" in body
+    assert "<b>deep</b>" not in body
+    assert "nested deeper than 100 levels" in body
+    assert "\\ud800" in body
+
+
 def test_dead_letter_page_of_a_healthy_stream_is_empty_not_404(
     admin_client: Client, redis_client: redis.Redis
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import override_settings
+from websockets.exceptions import ConnectionClosed
 
 from redis_broker import abroadcast
 from tests.helpers import ROOT, subprocess_env
@@ -135,3 +137,53 @@ async def test_foreign_origin_is_refused_by_the_live_server(daphne_server, alice
     cookie = await sync_to_async(session_cookie)(alice)
     with pytest.raises(ConnectionError):
         await open_socket(daphne_server.ws_url, cookie=cookie, origin="http://evil.example")
+
+
+async def test_oversize_frame_closes_with_1009_instead_of_dropping_tcp(
+    daphne_server, alice
+) -> None:
+    """Tests that a 5 MB frame, over daphne's message limit, closes the socket with 1009
+    (message too big), not with a dropped TCP connection (1006)."""
+    cookie = await sync_to_async(session_cookie)(alice)
+    socket = await open_socket(daphne_server.ws_url, cookie=cookie)
+    await socket.subscribe("chat.lobby")
+    with contextlib.suppress(ConnectionClosed):
+        await socket.connection.send("x" * 5_000_000)
+    assert await asyncio.wait_for(socket.closed, 10) == 1009
+    await socket.close()
+
+
+async def test_invalid_utf8_frame_closes_with_1007_instead_of_dropping_tcp(
+    daphne_server, alice
+) -> None:
+    """Tests that a text frame that is not UTF-8 closes the socket with 1007 (invalid
+    payload data), and another socket of the same server keeps working."""
+    cookie = await sync_to_async(session_cookie)(alice)
+    bystander = await open_socket(daphne_server.ws_url, cookie=cookie)
+    await bystander.subscribe("chat.lobby")
+    socket = await open_socket(daphne_server.ws_url, cookie=cookie)
+    with contextlib.suppress(ConnectionClosed):
+        await socket.connection.send(b'{"action": "\xff\xfe"}', text=True)
+    assert await asyncio.wait_for(socket.closed, 10) == 1007
+    await socket.close()
+    await bystander.send({"action": "publish", "channel": "chat.lobby", "data": "still here"})
+    assert (await bystander.receive())["data"] == "still here"
+    await bystander.close()
+
+
+async def test_deep_message_leaves_the_live_servers_sockets_untouched(
+    daphne_server, live_env, alice, redis_client
+) -> None:
+    """Tests that a message nested 1,000 deep, published by another producer, is dropped
+    by a live server's hub: its sockets get the next message and no gap frame."""
+    cookie = await sync_to_async(session_cookie)(alice)
+    socket = await open_socket(daphne_server.ws_url, cookie=cookie)
+    await socket.subscribe("chat.lobby")
+    deep = "[" * 1000 + "1" + "]" * 1000
+    assert redis_client.publish("chat.lobby", deep) == 1
+    await asyncio.to_thread(broadcast_from_another_process, "chat.lobby", "after", env=live_env)
+    frame = await socket.receive()
+    assert (frame["type"], frame["data"]) == ("message", "after")
+    with pytest.raises(asyncio.TimeoutError):
+        await socket.receive(within=0.3)
+    await socket.close()

@@ -2,7 +2,9 @@
 
 Their behaviour is scripted by the payload, so one consumer serves every test:
 ``{"fail_times": n}`` raises on the first n deliveries, ``{"reject": true}`` raises
-``Reject``, ``{"sleep_ms": m}`` takes m milliseconds. Each call is counted in
+``Reject``, ``{"sleep_ms": m}`` takes m milliseconds (each such call's start and end
+times are appended to ``test:spans``), ``{"stuck": true}`` never returns. Each call is
+counted in
 ``test:attempts:<event_id>``; each success is appended to ``test:handled`` as
 ``"<event_id> <pid> <delivery_count>"``, so tests can check who handled what, and how often.
 """
@@ -19,6 +21,7 @@ from redis_broker.connection import get_async_redis, get_redis
 from .models import Customer
 
 HANDLED = "test:handled"
+SPANS = "test:spans"
 
 
 def attempts_key(event_id: str) -> str:
@@ -39,9 +42,13 @@ async def scripted(message: StreamMessage) -> None:
     """Handle ``test.orders`` as the payload says (async)."""
     client = get_async_redis()
     attempts = await client.incr(attempts_key(message.event_id))
-    sleep_ms = message.data.get("sleep_ms", 0) if isinstance(message.data, dict) else 0
-    if sleep_ms:
+    data = message.data if isinstance(message.data, dict) else {}
+    if data.get("stuck"):
+        await asyncio.Event().wait()  # never set: a handler stuck forever
+    if sleep_ms := data.get("sleep_ms", 0):
+        started = time.time()
         await asyncio.sleep(sleep_ms / 1000)
+        await client.rpush(SPANS, f"{started} {time.time()}")
     _verdict(message, attempts)
     await client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
 
@@ -51,9 +58,13 @@ def scripted_sync(message: StreamMessage) -> None:
     """Handle ``test.sync`` as the payload says, in a thread, touching the ORM."""
     client = get_redis()
     attempts = client.incr(attempts_key(message.event_id))
+    data = message.data if isinstance(message.data, dict) else {}
+    if data.get("stuck"):
+        time.sleep(3600)  # a handler stuck for good (only ever run in a subprocess)
     Customer.objects.count()  # the ORM works here: sync handlers run with a connection
-    sleep_ms = message.data.get("sleep_ms", 0) if isinstance(message.data, dict) else 0
-    if sleep_ms:
+    if sleep_ms := data.get("sleep_ms", 0):
+        started = time.time()
         time.sleep(sleep_ms / 1000)
+        client.rpush(SPANS, f"{started} {time.time()}")
     _verdict(message, attempts)
     client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")

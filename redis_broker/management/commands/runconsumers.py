@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...consumers.runner import ConsumerRunner, configure_logging
-from ...exceptions import BrokerUnavailable, ConsumerDefinitionError
+from ...exceptions import BrokerUnavailable, ConsumerDefinitionError, ConsumerNameInUse
 
 
 class Command(BaseCommand):
@@ -41,7 +41,13 @@ class Command(BaseCommand):
                 echo=self.stdout.write,
             )
             code = runner.run()
-        except (BrokerUnavailable, ConsumerDefinitionError, LookupError, ValueError) as exc:
+        except (
+            BrokerUnavailable,
+            ConsumerDefinitionError,
+            ConsumerNameInUse,
+            LookupError,
+            ValueError,
+        ) as exc:
             raise CommandError(str(exc)) from exc
         if code:
             raise CommandError("Stopped before in-flight entries were finished.", returncode=code)
