@@ -17,6 +17,7 @@ from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from . import conf
+from .wire import reply_text
 
 W_NO_PASSWORD = "redis_broker.W001"
 W_NO_TLS = "redis_broker.W002"
@@ -113,7 +114,7 @@ def _check_server(config: conf.BrokerConfig) -> list[CheckMessage]:
     finally:
         client.close()
     reply: dict[Any, Any] = dict(policy_reply)
-    policy = _text(reply.get(b"maxmemory-policy", reply.get("maxmemory-policy")))
+    policy = reply_text(reply.get(b"maxmemory-policy", reply.get("maxmemory-policy")))
     if policy and policy not in SAFE_EVICTION_POLICIES:
         return [
             Warning(
@@ -124,9 +125,3 @@ def _check_server(config: conf.BrokerConfig) -> list[CheckMessage]:
             )
         ]
     return []
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return "" if value is None else str(value)

@@ -33,7 +33,7 @@ import redis.asyncio
 
 from .exceptions import ConsumerNameInUse, MalformedEntry
 from .naming import worker_key, workers_key
-from .wire import loads
+from .wire import loads, reply_text
 
 #: A claim expires after this many missed heartbeats.
 MISSED_BEATS = 3
@@ -206,6 +206,6 @@ async def live_workers(client: redis.asyncio.Redis, prefix: str) -> list[WorkerI
         return []
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.hget(worker_key(prefix, name.decode() if isinstance(name, bytes) else name), "info")
+        pipe.hget(worker_key(prefix, reply_text(name)), "info")
     found = [_decode_info(raw) for raw in await pipe.execute() if raw is not None]
     return sorted((info for info in found if info is not None), key=lambda info: info.name)

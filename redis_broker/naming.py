@@ -46,6 +46,33 @@ def unprefixed(prefix: str, key: str) -> str:
     return key[len(prefix) :] if prefix and key.startswith(prefix) else key
 
 
+def derived_name(name: str, suffix: str) -> str:
+    """Return the name of a key derived from stream, channel or list ``name``.
+
+    The one rule every derived key follows (dead letters today; processing lists and
+    outputs named by convention next), so that placing derived keys beside their source
+    (a Redis Cluster hash slot) is a change here alone.
+    """
+    return name + suffix
+
+
+def derived_source(derived: str, suffix: str) -> str | None:
+    """Return the name ``derived`` was derived from with ``suffix``, or None when it was not."""
+    if derived.endswith(suffix) and len(derived) > len(suffix):
+        return derived[: -len(suffix)]
+    return None
+
+
+def dead_letter_name(stream: str, suffix: str) -> str:
+    """Return the dead-letter stream of ``stream`` (``CONSUMERS["DEAD_LETTER_SUFFIX"]``)."""
+    return derived_name(stream, suffix)
+
+
+def dead_letter_source(name: str, suffix: str) -> str | None:
+    """Return the stream whose dead letters ``name`` holds, or None when it holds none."""
+    return derived_source(name, suffix)
+
+
 #: The namespace of keys the app keeps for itself (heartbeats), beside users' streams.
 INTERNAL = "redis-broker:"
 

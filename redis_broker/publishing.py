@@ -33,14 +33,18 @@ return {id, redis.call('PUBLISH', KEYS[2], ARGV[6] .. id .. ARGV[7])}
 """
 
 
-def _xadd_args(config: BrokerConfig) -> dict[str, Any]:
-    if config.stream_maxlen is None:
+def trim_args(maxlen: int | None) -> dict[str, Any]:
+    """Return XADD's keyword arguments for approximate trimming to ``maxlen`` (None: keep all).
+
+    Every XADD of the app trims this way: published entries, dead letters, requeues.
+    """
+    if maxlen is None:
         return {}
-    return {"maxlen": config.stream_maxlen, "approximate": True}
+    return {"maxlen": maxlen, "approximate": True}
 
 
 def _ids(replies: Iterable[Any]) -> list[str]:
-    return [r.decode() if isinstance(r, bytes) else str(r) for r in replies]
+    return [wire.reply_text(r) for r in replies]
 
 
 def _encode_many(
@@ -69,7 +73,7 @@ def publish(
     fields = wire.encode_entry(data, type=type, headers=headers)
     key = prefixed(config.key_prefix, stream)
     with translate_errors(lambda: _stream(key)):
-        entry_id = get_redis().xadd(key, cast(Any, fields), **_xadd_args(config))
+        entry_id = get_redis().xadd(key, cast(Any, fields), **trim_args(config.stream_maxlen))
     return _ids([entry_id])[0]
 
 
@@ -184,7 +188,9 @@ async def apublish(
     fields = wire.encode_entry(data, type=type, headers=headers)
     key = prefixed(config.key_prefix, stream)
     async with atranslate_errors(lambda: _stream(key)):
-        entry_id = await get_async_redis().xadd(key, cast(Any, fields), **_xadd_args(config))
+        entry_id = await get_async_redis().xadd(
+            key, cast(Any, fields), **trim_args(config.stream_maxlen)
+        )
     return _ids([entry_id])[0]
 
 
@@ -205,7 +211,9 @@ async def apublish_many(
         pipe = get_async_redis().pipeline(transaction=False)
         for fields in encoded[:-1]:
             pipe.xadd(key, cast(Any, fields))
-        pipe.xadd(key, cast(Any, encoded[-1]), **_xadd_args(config))  # one trim per batch
+        pipe.xadd(
+            key, cast(Any, encoded[-1]), **trim_args(config.stream_maxlen)
+        )  # one trim per batch
         return _ids(await pipe.execute())
 
 

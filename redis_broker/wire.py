@@ -290,10 +290,35 @@ class DecodedEntry:
     fields: dict[str, str]  # every field as text, including ones we do not know
 
 
-def _text(value: Any) -> str:
+#: A stream entry id as Redis writes it (``<ms>-<seq>``), or its bare ``<ms>`` form.
+ENTRY_ID_RE = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
+
+
+def is_entry_id(value: object) -> bool:
+    """Return True for a stream entry id (``1700000000000-0``) or its ``<ms>`` form."""
+    return isinstance(value, str) and ENTRY_ID_RE.fullmatch(value) is not None
+
+
+def entry_id_key(entry_id: str | bytes) -> tuple[int, int]:
+    """Return a stream entry id as a tuple that sorts like Redis sorts ids."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_id_ms(entry_id: str) -> int:
+    """Return the millisecond timestamp part of a stream entry id."""
+    return entry_id_key(entry_id)[0]
+
+
+def reply_text(value: Any, errors: str = "strict") -> str:
+    """Return a Redis reply value (bytes or text) as text; ``None`` is ``""``.
+
+    ``errors="replace"`` for display and dead letters, where invalid UTF-8 must not raise.
+    """
     if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return str(value)
+        return value.decode("utf-8", errors)
+    return "" if value is None else str(value)
 
 
 def fields_as_text(raw: Mapping[Any, Any]) -> dict[str, str]:
@@ -306,7 +331,7 @@ def fields_as_text(raw: Mapping[Any, Any]) -> dict[str, str]:
     except UnicodeDecodeError as exc:
         raise MalformedEntry(f"the entry is not UTF-8 text: {exc}") from exc
     try:
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {reply_text(k): reply_text(v) for k, v in raw.items()}
     except UnicodeDecodeError as exc:
         raise MalformedEntry(f"the entry is not UTF-8 text: {exc}") from exc
 
@@ -428,7 +453,7 @@ def decode_message(raw: bytes | str) -> DecodedMessage:
     value = loads(raw, what="message", envelope=1)
     if not isinstance(value, dict) or DATA not in value or EVENT_ID not in value:
         # The whole message becomes the payload, so it must fit the payload's limit.
-        if isinstance(value, (dict, list)) and _too_deep(_text(raw), MAX_DEPTH):
+        if isinstance(value, (dict, list)) and _too_deep(reply_text(raw), MAX_DEPTH):
             raise MalformedEntry(f"the message is nested deeper than {MAX_DEPTH} levels")
         return DecodedMessage(type="", data=value, event_id="", published_at="", id=None)
     return DecodedMessage(

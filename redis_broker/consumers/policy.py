@@ -16,6 +16,7 @@ import redis.asyncio
 
 from .. import wire
 from ..exceptions import ConsumerGroupMissing
+from ..publishing import trim_args
 
 #: One entry as redis-py returns it: (id, fields), fields empty when the body was trimmed.
 RawEntry: TypeAlias = tuple[bytes, Mapping[bytes, bytes] | None]
@@ -87,6 +88,18 @@ class RetrySchedule:
         self._counts.clear()
 
 
+def is_missing(exc: BaseException) -> bool:
+    """Return True when Redis says a stream, or its group, is not there (or not a stream).
+
+    ``no such key`` (XINFO on a deleted key), ``NOGROUP`` and ``WRONGTYPE`` (the name now
+    holds another type): what a reader of a vanished stream gets.
+    """
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    message = str(exc).lower()
+    return "no such key" in message or "wrongtype" in message or is_nogroup(exc)
+
+
 def is_nogroup(exc: BaseException) -> bool:
     """Return True for Redis's answers when the stream or the group does not exist.
 
@@ -126,10 +139,7 @@ def text_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
         return wire.fields_as_text(raw)
     except ValueError:
         return {
-            (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): (
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-            )
-            for k, v in raw.items()
+            wire.reply_text(k, "replace"): wire.reply_text(v, "replace") for k, v in raw.items()
         }
 
 
@@ -158,9 +168,8 @@ async def dead_letter(
         error=error,
         delivery_count=delivery_count,
     )
-    trim: dict[str, Any] = {"maxlen": maxlen, "approximate": True} if maxlen else {}
     async with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(dead_letter_key, cast(Any, copy), **trim)
+        pipe.xadd(dead_letter_key, cast(Any, copy), **trim_args(maxlen))
         pipe.xack(key, group, entry_id)
         await pipe.execute()
 
@@ -171,7 +180,7 @@ async def delivery_counts(
     """Return the delivery counts of ``ids`` (pending with ``consumer``) in one XPENDING."""
     if not ids:
         return {}
-    low, high = min(ids, key=_id_key), max(ids, key=_id_key)
+    low, high = min(ids, key=wire.entry_id_key), max(ids, key=wire.entry_id_key)
     rows = await client.xpending_range(
         key, group, min=low, max=high, count=len(ids) + 1000, consumername=consumer
     )
@@ -181,11 +190,6 @@ async def delivery_counts(
         for row in rows
         if row["message_id"] in wanted
     }
-
-
-def _id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
 
 
 async def reclaim(

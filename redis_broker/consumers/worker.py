@@ -30,7 +30,7 @@ import redis.asyncio
 from ..conf import BrokerConfig
 from ..connection import CONNECTION_ERRORS
 from ..exceptions import ConsumerGroupMissing, MalformedEntry, Reject
-from ..naming import prefixed
+from ..naming import dead_letter_name, prefixed
 from ..wire import decode_entry_parts
 from . import policy
 from .execution import Failure, Lanes, lanes_for
@@ -86,7 +86,7 @@ class GroupWorker:
         self.spec = spec
         self.key = prefixed(config.key_prefix, spec.stream)
         self.dead_letter_key = prefixed(
-            config.key_prefix, spec.stream + settings.dead_letter_suffix
+            config.key_prefix, dead_letter_name(spec.stream, settings.dead_letter_suffix)
         )
         self.group = spec.group
         self.consumer = consumer

@@ -35,7 +35,7 @@ from ..conf import WebsocketSettings, get_config
 from ..exceptions import BrokerUnavailable, MalformedEntry
 from ..naming import is_valid_channel
 from ..publishing import abroadcast
-from .hub import Subscription, get_hub, is_entry_id
+from .hub import Subscription, get_hub
 
 logger = logging.getLogger("redis_broker.relay")
 
@@ -248,7 +248,7 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def subscribe(self, channel: str, content: dict[str, Any]) -> None:
         """Subscribe to ``channel`` (replaying from ``since`` on durable channels)."""
         since = content.get("since")
-        if since is not None and not is_entry_id(since):
+        if since is not None and not wire.is_entry_id(since):
             self.error(BAD_REQUEST, channel, detail="since must be a stream entry id")
             return
         if not await authorize(self.scope.get("user"), channel, SUBSCRIBE):

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import logging
 import random
-import re
 import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -45,6 +44,7 @@ from ..connection import (
 from ..exceptions import MalformedEntry
 from ..naming import prefixed, unprefixed
 from ..publishing import is_durable
+from ..wire import entry_id_key
 
 logger = logging.getLogger("redis_broker.relay")
 
@@ -53,8 +53,6 @@ RECONNECT_BASE = 0.05
 RECONNECT_CAP = 2.0
 #: Entries read per XRANGE page while replaying a durable channel.
 REPLAY_PAGE = 500
-
-_ENTRY_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
 class WatchdogTimeout(ConnectionError):
@@ -69,17 +67,6 @@ class FrameSink(Protocol):
 
     def overflow(self) -> None:
         """Close the socket because it cannot keep up."""
-
-
-def is_entry_id(value: object) -> bool:
-    """Return True when ``value`` looks like a stream entry id (``"<ms>-<seq>"`` or ``"<ms>"``)."""
-    return isinstance(value, str) and _ENTRY_ID_RE.fullmatch(value) is not None
-
-
-def entry_key(entry_id: str) -> tuple[int, int]:
-    """Return a stream entry id as a tuple that sorts like Redis sorts ids."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def message_frame(channel: str, message: wire.DecodedMessage) -> str:
@@ -122,7 +109,7 @@ class Subscription:
             self.buffer.append((text, entry_id))
             return
         if entry_id is not None:
-            if self.last_id is not None and entry_key(entry_id) <= entry_key(self.last_id):
+            if self.last_id is not None and entry_id_key(entry_id) <= entry_id_key(self.last_id):
                 return  # already replayed from the stream
             self.last_id = entry_id
         self.sink.offer(text)
@@ -462,7 +449,7 @@ class Hub:
             sub.last_id = baseline
             for text, entry_id in buffered:
                 sub.sink.offer(text)
-                if entry_id is not None and entry_key(entry_id) > entry_key(sub.last_id):
+                if entry_id is not None and entry_id_key(entry_id) > entry_id_key(sub.last_id):
                     sub.last_id = entry_id
 
     async def _catch_up(self, sub: Subscription) -> tuple[list[tuple[str, str | None]], str | None]:
@@ -520,7 +507,7 @@ class Hub:
         It can be a false alarm (only ``since`` itself trimmed); a gap frame makes the
         page refresh, which is safe. ``since="0"`` asks for what is kept: never a gap.
         """
-        if entry_key(since) == (0, 0):
+        if entry_id_key(since) == (0, 0):
             return False
         try:
             info = await client.xinfo_stream(key)
@@ -529,8 +516,8 @@ class Hub:
         first = info.get("first-entry")
         if not first:
             return False
-        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
-        return entry_key(first_id) > entry_key(since)
+        first_id = wire.reply_text(first[0])
+        return entry_id_key(first_id) > entry_id_key(since)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
