@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import django
 from django.conf import settings
 
+from redis_broker.testing import redis_url_or_private
+
 TARGETS = {"on_commit": 1.3, "outbox": 1.6}
 
 
@@ -51,14 +53,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from redis_broker.testing import redis_url_or_private
-
     with (
         redis_url_or_private() as url,
         tempfile.TemporaryDirectory(prefix="bench-model-events-") as tmp,
     ):
         if args.database_url:
-            import environ
+            import environ  # lazy: django-environ is needed only with --database-url
 
             database = environ.Env.db_url_config(args.database_url)
         else:
@@ -69,8 +69,10 @@ def main() -> None:
 
 
 def run(url: str, saves: int, rounds: int) -> None:
+    # Imported once configure() has run: these need settings and loaded apps.
     from django.core.management import call_command
-    from django.db import transaction
+    from django.db import connection, transaction
+    from django.db.models.signals import post_save
     from django.test import override_settings
 
     from redis_broker.connection import get_redis
@@ -122,7 +124,6 @@ def run(url: str, saves: int, rounds: int) -> None:
         fn()  # warm up: connections, caches, SQLite pages
     times: dict[str, list[float]] = {name: [] for name in modes}
     ratios: dict[str, list[float]] = {"on_commit": [], "outbox": []}
-    from django.db.models.signals import post_save
 
     def baseline() -> float:
         # Measure the baseline with no receiver connected at all.
@@ -149,8 +150,6 @@ def run(url: str, saves: int, rounds: int) -> None:
             ratios[name].append(elapsed / ((before + after) / 2))
 
     base = min(times["none"])
-    from django.db import connection
-
     vendor = connection.vendor
     print(f"{saves} saves of a small model in one transaction ({vendor}, commit included)")
     print(f"best of {rounds} rounds; ratio = median of the rounds' events/no-events ratios")

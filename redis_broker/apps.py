@@ -13,6 +13,7 @@ class RedisBrokerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported here, as Django asks: these modules use models and settings.
         from . import (
             checks,  # noqa: F401 - registers the system checks
             model_events,

@@ -8,6 +8,7 @@ step; and one warning when trouble starts, then DEBUG lines while it lasts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from dataclasses import dataclass
@@ -43,3 +44,14 @@ class Backoff:
         """Forget the failures after a success; return how many there were in a row."""
         failures, self.failures = self.failures, 0
         return failures
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, waking early when ``stop`` is set."""
+    if seconds <= 0 or stop.is_set():
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass

@@ -17,12 +17,9 @@ from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from . import conf
+from .conf import W_EVICTION, W_NO_PASSWORD, W_NO_TLS, W_UNREACHABLE
+from .connection import CONNECTION_ERRORS, build_client, mask_url
 from .wire import reply_text
-
-W_NO_PASSWORD = "redis_broker.W001"
-W_NO_TLS = "redis_broker.W002"
-W_EVICTION = "redis_broker.W003"
-W_UNREACHABLE = "redis_broker.W004"
 
 #: Policies that never evict keys; anything else may silently delete streams and groups.
 SAFE_EVICTION_POLICIES = frozenset(
@@ -96,8 +93,6 @@ def url_warnings(config: conf.BrokerConfig) -> list[CheckMessage]:
 
 
 def _check_server(config: conf.BrokerConfig) -> list[CheckMessage]:
-    from .connection import CONNECTION_ERRORS, build_client, mask_url
-
     client = build_client(config)
     try:
         policy_reply = client.config_get("maxmemory-policy")

@@ -78,7 +78,8 @@ MODEL_EVENT_ACTIONS = ("created", "updated", "deleted")
 MODEL_EVENT_DELIVERIES = ("on_commit", "outbox")
 URL_SCHEMES = ("redis", "rediss", "unix")
 
-# Check ids; each is documented in the README and has its own test.
+# Every system-check id the app emits, here and nowhere else; each is documented in the
+# README and has its own test. E: a setting is wrong (raised by ``validate`` too).
 E_NOT_A_DICT = "redis_broker.E001"
 E_UNKNOWN_KEY = "redis_broker.E002"
 E_WRONG_TYPE = "redis_broker.E003"
@@ -90,6 +91,11 @@ E_BAD_AUTHORIZER = "redis_broker.E008"
 E_BAD_SENTINEL = "redis_broker.E009"
 E_TIMEOUT_TOO_SHORT = "redis_broker.E010"
 E_UNKNOWN_FIELD = "redis_broker.E011"
+# W: deployment warnings (``manage.py check --deploy``, see ``checks.py``).
+W_NO_PASSWORD = "redis_broker.W001"
+W_NO_TLS = "redis_broker.W002"
+W_EVICTION = "redis_broker.W003"
+W_UNREACHABLE = "redis_broker.W004"
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,9 +575,9 @@ def get_config() -> BrokerConfig:
 
 @receiver(setting_changed)
 def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    """Drop the cached config and clients when a test overrides ``REDIS_BROKER``."""
+    """Drop the cached config when a test overrides ``REDIS_BROKER``.
+
+    ``connection.py`` drops its clients on the same signal, with a receiver of its own.
+    """
     if setting == SETTING_NAME:
         get_config.cache_clear()
-        from .connection import reset_connections
-
-        reset_connections()

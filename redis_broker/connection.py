@@ -22,10 +22,12 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.sentinel
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from .conf import BrokerConfig, get_config
+from .conf import SETTING_NAME, BrokerConfig, get_config
 from .exceptions import BrokerUnavailable, WriteRefused
 
 try:
@@ -41,6 +43,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+#: Anything a Redis call may raise: a lost connection or a refused command.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.RedisError)
 
 _lock = threading.Lock()
 _sync_client: tuple[int, redis.Redis] | None = None
@@ -257,6 +261,13 @@ def reset_connections() -> None:
         if running is not None and running in _async_clients:
             _retired_async_clients.setdefault(running, []).append(_async_clients[running])
         _async_clients.clear()
+
+
+@receiver(setting_changed)
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """Forget every client when a test overrides ``REDIS_BROKER`` (see ``conf.py``)."""
+    if setting == SETTING_NAME:
+        reset_connections()
 
 
 async def aclose_async_redis() -> None:

@@ -5,57 +5,47 @@ take the event's values and ``published_at`` when the change happens (its ``even
 is drawn once, when it is encoded, at the latest at commit) and then, depending on
 ``delivery``:
 
-* ``"on_commit"`` (default): the event waits in a per-transaction buffer and is
-  published when the transaction commits, together with the transaction's other events
-  in one pipelined round trip; outside a transaction it is published at once. If Redis
-  cannot take it then, it is written to the outbox (``OutboxEvent``) with a warning on
-  the ``redis_broker.outbox`` logger, and the relay publishes it later.
+* ``"on_commit"`` (default): the event waits in the connection's ``CommitBuffer`` and
+  is published when the transaction commits, together with the transaction's other
+  events in one pipelined round trip; outside a transaction it is published at once.
+  If Redis cannot take it then, it is written to the outbox (``OutboxEvent``) with a
+  warning on the ``redis_broker.outbox`` logger, and the relay publishes it later.
 * ``"outbox"``: the event row is written to the outbox inside the change's own
   transaction (a transactional outbox: the change and its event commit or roll back
   together) and only the relay publishes it.
 
-Rolled-back work publishes nothing. Django already discards ``on_commit`` callbacks
-registered inside a savepoint that is rolled back; the buffer leans on exactly that. Its
-events are grouped by the savepoint they were recorded in, each group with its own
-``on_commit`` callback (a "marker"), so when a savepoint is rolled back its group's
-marker disappears with it and the group is dropped. When a savepoint is released its
-group joins the enclosing one, so a transaction usually ends with a single group and a
-single round trip to Redis, however many saves (or ``get_or_create`` calls, which use
-savepoints) it made.
+Rolled-back work publishes nothing: the buffer drops what a rolled-back transaction or
+savepoint recorded (see ``commit_buffer``).
+
+This module records; it neither buffers nor stores nor sends. One save takes this path:
+the receiver (``_post_save``, ``_post_delete``) finds the model's cached ``_Recorder``,
+whose ``record`` (also what ``publish_model_event`` calls) hands the event to exactly
+one place: the ``CommitBuffer`` (``on_commit`` inside a transaction; at commit it passes
+the transaction's events to ``outbox.deliver``), ``outbox.deliver`` (``on_commit``
+outside one) or ``outbox.store_one`` (``outbox``).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from time import time_ns
 from typing import Any
 from uuid import UUID
 
-import redis
 from django.apps import apps
 from django.core.signals import setting_changed
 from django.db import connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from django.utils import timezone
 
-from . import publishing, wire
+from . import outbox, wire
+from .commit_buffer import CommitBuffer
 from .conf import MODEL_EVENT_ACTIONS, SETTING_NAME, ModelEventSettings, get_config, validate
 from .conf import raw_setting as _raw_setting
-from .exceptions import BrokerUnavailable
-from .models import OutboxEvent
-
-logger = logging.getLogger("redis_broker.outbox")
-
-#: (stream, encoded entry fields) - an event ready to publish or to store.
-Event = tuple[str, dict[str, str]]
+from .outbox import Event
 
 DISPATCH_UID = "redis_broker.model_events.{label}"
 
@@ -172,7 +162,8 @@ class _Recorder:
             by_name = {f.name: f for f in concrete} | {f.attname: f for f in concrete}
             self.getters = tuple((name, by_name[name].attname, by_name[name]) for name in names)
         self.keys = tuple(key for key, _, _ in self.getters)
-        # Reads every attribute in one C call; always returns a tuple (note the "pk").
+        # Speed (bench/model_events.py, on_commit ratio): every attribute in one C call.
+        # It always returns a tuple (note the "pk").
         self.read_all = operator.attrgetter("pk", *(attname for _, attname, _ in self.getters))
         label = model._meta.label_lower
         self.types = {action: f"{label}.{action}" for action in spec.actions}
@@ -207,32 +198,39 @@ class _Recorder:
         return _Deferred(self, action, instance.pk, values, wire.now_iso()).encode()
 
     def record(self, instance: models.Model, action: str, using: str) -> None:
-        """Deliver ``action`` on ``instance`` per ``delivery`` (the receivers' common path)."""
+        """Hand ``action`` on ``instance`` to its one destination per ``delivery``.
+
+        The receivers' and ``publish_model_event``'s common path, and this module's only
+        way out: ``outbox`` delivery writes the outbox row at once, ``on_commit`` delivery
+        buffers the event until the commit inside a transaction and delivers it at once
+        outside one.
+        """
         connection = connections[using]
-        if self.buffered and connection.in_atomic_block:
-            # Buffered until the commit. An event whose values (and pk) are all
-            # immutable scalars is kept as they are and encoded at commit, in one tight
-            # loop with the transaction's other events; they cannot fail to encode, and
-            # a later change to the instance cannot reach them. Anything else (a
-            # JSONField's dict or list) is encoded now, so it is frozen as it was saved.
-            pending_events = _pending_for(connection)
-            pk, *read = self.read_all(instance)
-            if _SCALAR_TYPES.issuperset(map(type, read)) and type(pk) in _SCALAR_TYPES:
-                values = dict(zip(self.keys, read, strict=True))  # the common case: no loop
-                pending_events.add(_Deferred(self, action, pk, values, wire.now_iso()))
-                return
-            values, immutable = self.values(instance)
-            pending = _Deferred(self, action, pk, values, wire.now_iso())
-            pending_events.add(
-                pending if immutable and type(pk) in _SCALAR_TYPES else pending.encode()
-            )
-            return
-        event = self.encode(instance, action)
-        if self.spec.delivery == "outbox":
+        if not self.buffered:
             # Same connection, so the row commits or rolls back with the change itself.
-            store_one(event, connection)
+            outbox.store_one(self.encode(instance, action), connection)
+        elif connection.in_atomic_block:
+            _buffer_for(connection).add(self.capture(instance, action))
         else:
-            deliver([event])
+            outbox.deliver([self.encode(instance, action)])
+
+    def capture(self, instance: models.Model, action: str) -> Pending:
+        """Take the event of ``action`` on ``instance`` as it is now, to send at the commit.
+
+        An event whose values (and pk) are all immutable scalars is kept as they are and
+        encoded at commit, in one tight loop with the transaction's other events; they
+        cannot fail to encode, and a later change to the instance cannot reach them.
+        Anything else (a JSONField's dict or list) is encoded now, so it is frozen as it
+        was saved.
+        """
+        pk, *read = self.read_all(instance)
+        # Speed (bench/model_events.py, on_commit ratio): all scalars, read in one call, no loop.
+        if _SCALAR_TYPES.issuperset(map(type, read)) and type(pk) in _SCALAR_TYPES:
+            values = dict(zip(self.keys, read, strict=True))
+            return _Deferred(self, action, pk, values, wire.now_iso())
+        values, immutable = self.values(instance)
+        pending = _Deferred(self, action, pk, values, wire.now_iso())
+        return pending if immutable and type(pk) in _SCALAR_TYPES else pending.encode()
 
 
 class _Deferred:
@@ -268,9 +266,11 @@ Pending = Event | _Deferred
 
 
 def _encoded(events: Sequence[Pending]) -> list[Event]:
+    """Return ``events`` encoded, in order, each deferred one encoded now."""
     return [event.encode() if isinstance(event, _Deferred) else event for event in events]
 
 
+# Speed (bench/model_events.py, both ratios): one recorder per model, built on first save.
 _recorders: dict[type[models.Model], _Recorder | None] = {}
 _UNSET: Any = object()
 
@@ -284,213 +284,25 @@ def _recorder_for(model: type[models.Model]) -> _Recorder | None:
     return recorder
 
 
-def store(events: Sequence[Event], using: str | None = None) -> None:
-    """Write ``events`` to the outbox in order, in one INSERT, on database ``using``."""
-    db = using or router.db_for_write(OutboxEvent)
-    OutboxEvent.objects.using(db).bulk_create(
-        [OutboxEvent(stream=stream, fields=fields) for stream, fields in events]
-    )
+# --- Handing over at commit -------------------------------------------------------------
 
 
-_insert_sql: dict[tuple[str, str], str] = {}  # (vendor, placeholder) -> INSERT statement
-
-
-def _insert_sql_for(connection: BaseDatabaseWrapper, placeholder: str = "%s") -> str:
-    sql = _insert_sql.get((connection.vendor, placeholder))
-    if sql is None:
-        meta, quote = OutboxEvent._meta, connection.ops.quote_name
-        column = {f.name: str(f.column) for f in meta.concrete_fields}
-        columns = ", ".join(quote(column[name]) for name in _ROW_FIELDS)
-        placeholders = ", ".join([placeholder] * len(_ROW_FIELDS))
-        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders})"
-        _insert_sql[connection.vendor, placeholder] = sql
-    return sql
-
-
-_ROW_FIELDS = ("stream", "fields", "created_at", "attempts", "last_error")
-
-
-_clock: tuple[str, int, Any] = ("", -1, None)  # vendor, millisecond, adapted value
-
-
-def _created_at(connection: BaseDatabaseWrapper) -> Any:
-    """Return the current time adapted for ``connection``, worked out once a millisecond."""
-    global _clock
-    millis = time_ns() // 1_000_000
-    vendor, at, value = _clock
-    if at != millis or vendor != connection.vendor:
-        value = connection.ops.adapt_datetimefield_value(timezone.now())
-        _clock = (connection.vendor, millis, value)
-    return value
-
-
-def store_one(event: Event, connection: BaseDatabaseWrapper) -> None:
-    """Write one outbox row on ``connection``, inside whatever transaction is open there.
-
-    ``outbox`` delivery does this on every save, so it skips the model layer (an ORM
-    ``save()`` would double the cost of a small model's save) and adapts the values with
-    the backend's own adapters. On SQLite, where Python work rather than a network round
-    trip is the cost of a statement, it also skips Django's cursor wrapper whenever
-    nothing observes queries (no ``execute_wrapper``, no query logging as under
-    ``DEBUG`` or ``assertNumQueries``), which halves the cost of the INSERT.
-    """
-    stream, fields = event
-    params = [stream, connection.ops.adapt_json_value(fields, None), _created_at(connection), 0, ""]
-    raw = connection.connection
-    if (
-        connection.vendor == "sqlite"
-        and raw is not None
-        and not connection.execute_wrappers
-        and not connection.queries_logged
-    ):
-        with connection.wrap_database_errors:
-            raw.execute(_insert_sql_for(connection, "?"), params)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql_for(connection), params)
-
-
-def deliver(events: Sequence[Event]) -> None:
-    """Publish committed ``events`` in one round trip, or keep them in the outbox.
-
-    Events for a stream that already has rows waiting in the outbox join the queue
-    instead of overtaking it, so each stream keeps its order. Never raises: it runs
-    after the commit, when the caller can no longer undo anything, so failures are
-    logged.
-    """
-    if not events:
-        return
-    try:
-        db = router.db_for_write(OutboxEvent)
-        # One indexed EXISTS per stream: cheap even with a long backlog during an outage.
-        outbox = OutboxEvent.objects.using(db)
-        waiting = {
-            stream
-            for stream in {stream for stream, _ in events}
-            if outbox.filter(stream=stream).exists()
-        }
-        direct: Sequence[Event] = events
-        queued: Sequence[Event] = ()
-        if waiting:
-            direct = [event for event in events if event[0] not in waiting]
-            queued = [event for event in events if event[0] in waiting]
-        if direct:
-            try:
-                publishing.publish_encoded(direct)
-            except (BrokerUnavailable, redis.RedisError) as exc:
-                logger.warning(
-                    "Redis did not take %d model event(s) at commit; they wait in the "
-                    "outbox for the relay: %s",
-                    len(direct),
-                    exc,
-                )
-                queued = events
-        if queued:
-            store(queued, db)
-    except Exception:
-        logger.exception(
-            "Model events could neither be published nor stored in the outbox; "
-            "%d event(s) lost: %s",
-            len(events),
-            ", ".join(fields[wire.EVENT_ID] for _, fields in events[:20]),
-        )
-
-
-# --- The per-transaction buffer -------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _Group:
-    """Events recorded while one savepoint (or the bare transaction) was innermost."""
-
-    stack: tuple[str, ...]  # the open savepoints when the group was opened
-    marker: Callable[[], None] | None = None
-    index: int = 0  # where the marker sat in connection.run_on_commit
-    events: list[Pending] = field(default_factory=list)
-
-
-class _PendingEvents:
-    """The events of one connection's open transaction, grouped by savepoint.
-
-    Invariant after ``_reconcile``: every group's marker is still registered, and the
-    groups' stacks form a chain (each the prefix of the next), oldest first, which is
-    also the order their markers run in at commit.
-    """
-
-    def __init__(self, connection: BaseDatabaseWrapper) -> None:
-        self.connection = connection
-        self.groups: list[_Group] = []
-
-    def add(self, event: Pending) -> None:
-        """Buffer ``event`` until the transaction (and every savepoint around it) commits."""
-        # atomic(savepoint=False) pushes None: such a block cannot be rolled back on its
-        # own (a failure dooms the whole transaction), so it is not a level of its own.
-        ids = self.connection.savepoint_ids
-        stack = tuple(sid for sid in ids if sid is not None) if ids else ()
-        groups = self.groups
-        if groups:
-            top = groups[-1]
-            hooks = self.connection.run_on_commit
-            # The common case, checked inline: same level, marker where we left it.
-            if top.stack == stack and (
-                (top.index < len(hooks) and hooks[top.index][1] is top.marker) or self._alive(top)
-            ):
-                top.events.append(event)
-                return
-            self._reconcile(stack)
-            if groups and groups[-1].stack == stack:
-                groups[-1].events.append(event)
-                return
-        group = _Group(stack=stack, events=[event])
-        group.marker = functools.partial(self._committed, group)
-        group.index = len(self.connection.run_on_commit)
-        self.connection.on_commit(group.marker)
-        groups.append(group)
-
-    def _alive(self, group: _Group) -> bool:
-        """Return True while the group's marker is registered (nothing around it rolled back)."""
-        hooks = self.connection.run_on_commit
-        if group.index < len(hooks) and hooks[group.index][1] is group.marker:
-            return True
-        # Something before it was discarded (or it was): look for it.
-        return any(hook[1] is group.marker for hook in reversed(hooks))
-
-    def _reconcile(self, stack: tuple[str, ...]) -> None:
-        """Drop rolled-back groups and fold released savepoints' groups into their parents."""
-        groups = self.groups
-        groups[:] = [group for group in groups if self._alive(group)]
-        while groups:
-            top = groups[-1]
-            if stack[: len(top.stack)] == top.stack:
-                return  # its savepoint is still open
-            # Its innermost savepoint was left and, since the marker is alive, released:
-            # from now on the group shares the fate of the enclosing level.
-            groups.pop()
-            parent = top.stack[:-1]
-            if groups and groups[-1].stack == parent:
-                groups[-1].events.extend(top.events)
-                top.events = []  # its marker still runs at commit; it must send nothing
-            else:
-                top.stack = parent
-                groups.append(top)
-
-    def _committed(self, group: _Group) -> None:
-        """Marker callback: the group's work is committed; publish its events."""
-        if group in self.groups:
-            self.groups.remove(group)
-        events, group.events = group.events, []
-        deliver(_encoded(events))
+def _deliver_committed(events: list[Pending]) -> None:
+    """The commit buffer's flush: encode what waited unencoded, then deliver it all."""
+    outbox.deliver(_encoded(events))
 
 
 #: The connection attribute that holds its buffer: connection objects are per thread
 #: (and per async context), and so are the buffers; the buffer lives as long as its
-#: connection, and a plain attribute is the cheapest lookup on every save.
-_PENDING_ATTR = "_redis_broker_pending_events"
+#: connection.
+_BUFFER_ATTR = "_redis_broker_pending_events"
 
 
-def _pending_for(connection: BaseDatabaseWrapper) -> _PendingEvents:
-    pending = connection.__dict__.get(_PENDING_ATTR)
-    if pending is None:
-        pending = _PendingEvents(connection)
-        setattr(connection, _PENDING_ATTR, pending)
-    return pending
+def _buffer_for(connection: BaseDatabaseWrapper) -> CommitBuffer[Pending]:
+    """Return the connection's commit buffer of model events, created on first use."""
+    # Speed (bench/model_events.py, on_commit ratio): a plain attribute, the cheapest lookup.
+    buffer: CommitBuffer[Pending] | None = connection.__dict__.get(_BUFFER_ATTR)
+    if buffer is None:
+        buffer = CommitBuffer(connection, _deliver_committed)
+        setattr(connection, _BUFFER_ATTR, buffer)
+    return buffer

@@ -1,9 +1,16 @@
 """The database outbox: model events waiting for Redis, and the relay that sends them.
 
-Rows get here two ways (see ``model_events``): written in the same transaction as the
-change (``"delivery": "outbox"``), or written after commit because Redis could not be
-reached. ``OutboxRelay`` moves them to their streams in their original order;
-``backlog()`` is what the admin inspector and the ``runconsumers`` status line show.
+This module owns the ``OutboxEvent`` rows. They get here two ways (``model_events``
+decides which): ``store_one`` writes a row in the same transaction as the change
+(``"delivery": "outbox"``), and ``deliver`` publishes events after their commit or,
+when Redis cannot take them, stores them. ``OutboxRelay`` moves the rows to their
+streams in their original order; ``backlog()`` is what the admin inspector and the
+``runconsumers`` status line show.
+
+One rule orders everything that leaves: a stream's events go out in order, so a new
+event waits behind rows of its stream already waiting, and the relay sends a stream's
+rows only from the head of that stream's queue. ``_in_turn`` alone applies it, for
+``deliver`` and the relay alike.
 """
 
 from __future__ import annotations
@@ -11,21 +18,198 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from time import time_ns
+from typing import Any
 
 import redis
 from django.db import close_old_connections, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Count, F, Window
 from django.utils import timezone
 
-from . import publishing
+from . import publishing, wire
+from .backoff import Backoff
 from .conf import get_config
 from .exceptions import BrokerUnavailable
 from .models import OutboxEvent
 
 logger = logging.getLogger("redis_broker.outbox")
+
+#: (stream, encoded entry fields) - an event ready to publish or to store.
+Event = tuple[str, dict[str, str]]
+
+
+# --- Storing rows ----------------------------------------------------------------------
+
+
+def store(events: Sequence[Event], using: str | None = None) -> None:
+    """Write ``events`` to the outbox in order, in one INSERT, on database ``using``."""
+    db = using or router.db_for_write(OutboxEvent)
+    OutboxEvent.objects.using(db).bulk_create(
+        [OutboxEvent(stream=stream, fields=fields) for stream, fields in events]
+    )
+
+
+def store_one(event: Event, connection: BaseDatabaseWrapper) -> None:
+    """Write one outbox row on ``connection``, inside whatever transaction is open there.
+
+    ``outbox`` delivery does this on every save, so it skips the model layer (an ORM
+    ``save()`` would double the cost of a small model's save) and adapts the values with
+    the backend's own adapters. On SQLite, where Python work rather than a network round
+    trip is the cost of a statement, it also skips Django's cursor wrapper whenever
+    nothing observes queries (no ``execute_wrapper``, no query logging as under
+    ``DEBUG`` or ``assertNumQueries``), which halves the cost of the INSERT.
+    """
+    stream, fields = event
+    params = [stream, connection.ops.adapt_json_value(fields, None), _created_at(connection), 0, ""]
+    raw = connection.connection
+    # Speed (bench/model_events.py, outbox ratio): SQLite's raw INSERT, past the cursor wrapper.
+    if (
+        connection.vendor == "sqlite"
+        and raw is not None
+        and not connection.execute_wrappers
+        and not connection.queries_logged
+    ):
+        with connection.wrap_database_errors:
+            raw.execute(_insert_sql_for(connection, "?"), params)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql_for(connection), params)
+
+
+_ROW_FIELDS = ("stream", "fields", "created_at", "attempts", "last_error")
+
+# Speed (bench/model_events.py, outbox ratio): the INSERT is built once per vendor, not per save.
+_insert_sql: dict[tuple[str, str], str] = {}  # (vendor, placeholder) -> INSERT statement
+
+
+def _insert_sql_for(connection: BaseDatabaseWrapper, placeholder: str = "%s") -> str:
+    """Return the INSERT of one outbox row for ``connection``'s backend, built once."""
+    sql = _insert_sql.get((connection.vendor, placeholder))
+    if sql is None:
+        meta, quote = OutboxEvent._meta, connection.ops.quote_name
+        column = {f.name: str(f.column) for f in meta.concrete_fields}
+        columns = ", ".join(quote(column[name]) for name in _ROW_FIELDS)
+        placeholders = ", ".join([placeholder] * len(_ROW_FIELDS))
+        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders})"
+        _insert_sql[connection.vendor, placeholder] = sql
+    return sql
+
+
+# Speed (bench/model_events.py, outbox ratio): a burst of saves adapts the time once.
+_clock: tuple[str, int, Any] = ("", -1, None)  # vendor, millisecond, adapted value
+
+
+def _created_at(connection: BaseDatabaseWrapper) -> Any:
+    """Return the current time adapted for ``connection``, worked out once a millisecond."""
+    global _clock
+    millis = time_ns() // 1_000_000
+    vendor, at, value = _clock
+    if at != millis or vendor != connection.vendor:
+        value = connection.ops.adapt_datetimefield_value(timezone.now())
+        _clock = (connection.vendor, millis, value)
+    return value
+
+
+# --- The ordering rule -------------------------------------------------------------------
+
+
+def _in_turn(db: str, candidates: Mapping[str, Sequence[int | None]]) -> dict[str, int]:
+    """Return, per stream, how many of its candidates may go out now, from the first.
+
+    The one ordering rule of the outbox: a stream's events go out in order. A candidate
+    is the id of an outbox row about to be published, or None for a new event that is
+    not a row, which comes after every row of its stream. Each stream's candidates
+    (ids ascending, then any Nones) go out while each is the next row waiting in that
+    stream's queue, or, for a None, while no row is left waiting ahead of it. So a new
+    event waits behind rows already waiting, and a relay's batch stops, for a stream, at
+    the first row it does not hold (another relay locked it, or it committed late with
+    a lower id).
+    """
+    outbox = OutboxEvent.objects.using(db).order_by("id")
+    waiting: dict[str, list[int]] = {}
+    held: list[str] = []  # streams whose candidates are all rows
+    last = 0
+    for stream, ids in candidates.items():
+        if not ids:
+            continue
+        tail = ids[-1]
+        if tail is None:
+            # Only the rows ahead of the first new event matter: one indexed read per
+            # stream, cheap even with a long backlog during an outage.
+            ahead = outbox.filter(stream=stream).values_list("id", flat=True)
+            waiting[stream] = list(ahead[: ids.index(None) + 1])
+        else:
+            held.append(stream)
+            last = max(last, tail)
+    if held:
+        # The queues of those streams up to the last candidate row, in one query.
+        queued = outbox.filter(stream__in=held, id__lte=last).values_list("stream", "id")
+        for stream, row_id in queued:
+            waiting.setdefault(stream, []).append(row_id)
+    allowed: dict[str, int] = {}
+    for stream, ids in candidates.items():
+        queue = waiting.get(stream, [])
+        count = 0
+        for candidate in ids:
+            if candidate != (queue[count] if count < len(queue) else None):
+                break
+            count += 1
+        allowed[stream] = count
+    return allowed
+
+
+# --- Delivering at commit ----------------------------------------------------------------
+
+
+def deliver(events: Sequence[Event]) -> None:
+    """Publish committed ``events`` in one round trip, or keep them in the outbox.
+
+    Events for a stream that already has rows waiting in the outbox join the queue
+    instead of overtaking it, so each stream keeps its order. Never raises: it runs
+    after the commit, when the caller can no longer undo anything, so failures are
+    logged.
+    """
+    if not events:
+        return
+    try:
+        db = router.db_for_write(OutboxEvent)
+        per_stream = Counter(stream for stream, _ in events)
+        allowed = _in_turn(db, {stream: [None] * n for stream, n in per_stream.items()})
+        waiting = {stream for stream, n in per_stream.items() if allowed[stream] < n}
+        direct: Sequence[Event] = events
+        queued: Sequence[Event] = ()
+        if waiting:
+            direct = [event for event in events if event[0] not in waiting]
+            queued = [event for event in events if event[0] in waiting]
+        if direct:
+            try:
+                publishing.publish_encoded(direct)
+            except (BrokerUnavailable, redis.RedisError) as exc:
+                logger.warning(
+                    "Redis did not take %d model event(s) at commit; they wait in the "
+                    "outbox for the relay: %s",
+                    len(direct),
+                    exc,
+                )
+                queued = events
+        if queued:
+            store(queued, db)
+    except Exception:
+        logger.exception(
+            "Model events could neither be published nor stored in the outbox; "
+            "%d event(s) lost: %s",
+            len(events),
+            ", ".join(fields[wire.EVENT_ID] for _, fields in events[:20]),
+        )
+
+
+# --- The backlog -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +288,7 @@ class OutboxRelay:
                 rows = rows.select_for_update(skip_locked=True)
             batch = list(rows.only("id", "stream", "fields", "attempts")[:batch_size])
             if batch and locking:
-                batch = self._in_turn(db, batch)
+                batch = self._rows_in_turn(db, batch)
             if not batch:
                 return 0
             published, error = self._publish(db, batch)
@@ -114,31 +298,13 @@ class OutboxRelay:
             raise error
         return len(published)
 
-    def _in_turn(self, db: str, batch: list[OutboxEvent]) -> list[OutboxEvent]:
-        """Keep, per stream, only the rows that come first in that stream's queue.
-
-        A row of the same stream that this batch skipped (another relay holds it, or it
-        committed late with a lower id) must go out first: the batch stops there for
-        that stream, and the rows behind it wait for a later batch.
-        """
+    def _rows_in_turn(self, db: str, batch: list[OutboxEvent]) -> list[OutboxEvent]:
+        """Keep, per stream, only the rows that come first in that stream's queue (``_in_turn``)."""
         mine: dict[str, list[OutboxEvent]] = {}
         for row in batch:
             mine.setdefault(row.stream, []).append(row)
-        queued: dict[str, list[int]] = {}
-        ahead = (
-            OutboxEvent.objects.using(db)
-            .filter(stream__in=list(mine), id__lte=batch[-1].id)
-            .order_by("id")
-            .values_list("stream", "id")
-        )
-        for stream, row_id in ahead:
-            queued.setdefault(stream, []).append(row_id)
-        keep: set[int] = set()
-        for stream, rows in mine.items():
-            for row, first in zip(rows, queued.get(stream, []), strict=False):
-                if row.id != first:
-                    break
-                keep.add(row.id)
+        allowed = _in_turn(db, {stream: [row.id for row in rows] for stream, rows in mine.items()})
+        keep = {row.id for stream, rows in mine.items() for row in rows[: allowed[stream]]}
         return [row for row in batch if row.id in keep]
 
     def _publish(self, db: str, batch: list[OutboxEvent]) -> tuple[list[int], Exception | None]:
@@ -220,7 +386,7 @@ class OutboxRelay:
         followed by an exponential back-off capped at ``MAX_BACKOFF_SECONDS``.
         """
         poll = get_config().outbox.poll_ms / 1000
-        failures = 0
+        backoff = Backoff(base=poll * 2, cap=MAX_BACKOFF_SECONDS)
         try:
             while not stop.is_set():
                 delay = poll
@@ -229,18 +395,16 @@ class OutboxRelay:
                 except asyncio.CancelledError:
                     raise
                 except BrokerUnavailable as exc:
-                    failures += 1
-                    delay = min(poll * 2**failures, MAX_BACKOFF_SECONDS)
-                    log = logger.warning if failures == 1 else logger.debug
-                    log("Outbox relay paused: %s; retrying in %.1f s", exc, delay)
+                    delay = backoff.next_delay()
+                    logger.log(
+                        backoff.level(), "Outbox relay paused: %s; retrying in %.1f s", exc, delay
+                    )
                 except Exception:
-                    failures += 1
-                    delay = min(poll * 2**failures, MAX_BACKOFF_SECONDS)
+                    delay = backoff.next_delay()
                     logger.exception("Outbox relay failed; retrying in %.1f s", delay)
                 else:
-                    if failures:
+                    if failures := backoff.reset():
                         logger.info("Outbox relay resumed after %d failed attempts", failures)
-                    failures = 0
                     if relayed:
                         logger.debug("Relayed %d outbox events", relayed)
                         continue

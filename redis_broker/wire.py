@@ -55,7 +55,8 @@ MAX_DEPTH = 100
 # languages' parsers refuse them, so publishing does too, and readers treat them as malformed.
 _encoder = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # The C encoder that JSONEncoder.encode builds on every call, built once: events are
-# encoded on hot paths (every model save), and this halves the cost of a small payload.
+# encoded on hot paths (every model save), and this halves the cost of a small payload
+# (bench/publish.py, bench/model_events.py).
 # Falls back to the pure-Python encoder where the C accelerator is missing.
 _iterencode: Callable[[Any, int], Any] | None = (
     json.encoder.c_make_encoder(  # type: ignore[attr-defined]
@@ -202,7 +203,8 @@ _clock: tuple[int, str] = (-1, "")
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and a ``Z``.
 
-    Formatted at most once per millisecond: a burst of events shares the text.
+    Formatted at most once per millisecond: a burst of events shares the text (measured
+    by bench/model_events.py: a batch of saves formats the time once).
     """
     global _clock
     millis = time.time_ns() // 1_000_000
@@ -232,7 +234,8 @@ os.register_at_fork(after_in_child=_forget_ids)
 
 # Building a uuid.UUID per event costs more than the rest of its envelope, and so does a
 # getrandom() call per event. The same text comes from one block of random bytes per
-# 128 ids, formatted in one loop, with the version and variant bits set as uuid4() does.
+# 128 ids, formatted in one loop, with the version and variant bits set as uuid4() does
+# (bench/publish.py: publish_many's per-event cost).
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 _IDS_PER_BLOCK = 128
 

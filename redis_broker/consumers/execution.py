@@ -72,6 +72,23 @@ class Lanes(Generic[M]):
         """Queue items; they start as soon as a lane is free."""
         raise NotImplementedError
 
+    def _record(
+        self, number: int, entry_id: bytes, message: M, result: Any, error: Exception | None
+    ) -> None:
+        """Keep the outcome of lane ``number``'s call, and tell the worker if it waits."""
+        if error is not None:
+            self.failed.append((entry_id, message, error))
+        else:
+            if result is not None:
+                self.results[entry_id] = result
+            self.done.append(entry_id)
+        del self.calls[number]
+        if self.watched:
+            self._signal()
+
+    def _signal(self) -> None:
+        self.notify()
+
     def collect(self) -> tuple[list[bytes], dict[bytes, Any], list[Failure[M]]]:
         """Return (and forget) the ids done, their non-None results, and the failures.
 
@@ -147,8 +164,7 @@ class AsyncLanes(Lanes[M]):
             self._start(spare)
 
     async def _lane(self, number: int) -> None:
-        handler, queue, calls = self.handler, self.queue, self.calls
-        done, results, failed = self.done, self.results, self.failed
+        handler, queue, calls, record = self.handler, self.queue, self.calls, self._record
         clock = time.monotonic
         more = self._loop.call_soon(self._more)
         try:
@@ -158,14 +174,9 @@ class AsyncLanes(Lanes[M]):
                 try:
                     result = await handler(message)
                 except Exception as exc:
-                    failed.append((entry_id, message, exc))
+                    record(number, entry_id, message, None, exc)
                 else:
-                    if result is not None:
-                        results[entry_id] = result
-                    done.append(entry_id)
-                del calls[number]
-                if self.watched:
-                    self.notify()
+                    record(number, entry_id, message, result, None)
         finally:
             more.cancel()
             self.active -= 1
@@ -248,8 +259,7 @@ class ThreadLanes(Lanes[M]):
             for connection in databases:
                 connection.close_if_unusable_or_obsolete()
 
-        handler, queue, calls = self.handler, self.queue, self.calls
-        done, results, failed = self.done, self.results, self.failed
+        handler, queue, calls, record = self.handler, self.queue, self.calls, self._record
         clock = time.monotonic
         close_old_connections()
         while not self._stopped:
@@ -275,15 +285,7 @@ class ThreadLanes(Lanes[M]):
                 close_old_connections()
             if self._stopped:
                 return  # abandoned: the worker no longer collects
-            if error is not None:
-                failed.append((entry_id, message, error))
-            else:
-                if result is not None:
-                    results[entry_id] = result
-                done.append(entry_id)
-            del calls[number]
-            if self.watched:
-                self._signal()
+            record(number, entry_id, message, result, error)
 
     def _signal(self) -> None:
         """Tell the loop about new outcomes, at most one pending wake-up at a time."""

@@ -47,7 +47,8 @@ class StreamMessage:
         """Return a message like the constructor does, at a third of its cost.
 
         The frozen ``__init__`` sets each of the ten fields through ``object.__setattr__``;
-        the consumer builds one message per entry, so it fills ``__dict__`` in one step.
+        the consumer builds one message per entry, so it fills ``__dict__`` in one step
+        (bench/consume.py).
         """
         message = _new(cls)
         _set(

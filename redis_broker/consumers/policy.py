@@ -15,7 +15,7 @@ import redis
 import redis.asyncio
 
 from .. import wire
-from ..exceptions import ConsumerGroupMissing
+from ..exceptions import ConsumerGroupMissing, Reject
 from ..publishing import trim_args
 
 #: One entry as redis-py returns it: (id, fields), fields empty when the body was trimmed.
@@ -39,6 +39,15 @@ class RetryPolicy:
     def exhausted(self, delivery_count: int) -> bool:
         """Return True when a failure at ``delivery_count`` should dead-letter the entry."""
         return delivery_count >= self.max_deliveries
+
+    def retry_delay_ms(self, error: Exception, delivery_count: int) -> int | None:
+        """Return the wait before the next delivery after ``error``, or None to dead-letter.
+
+        ``Reject`` dead-letters at once; any other error, once ``MAX_DELIVERIES`` is reached.
+        """
+        if isinstance(error, Reject) or self.exhausted(delivery_count):
+            return None
+        return self.delay_ms(delivery_count)
 
 
 class RetrySchedule:

@@ -23,26 +23,21 @@ from typing import Any
 import redis.asyncio
 from django.db import close_old_connections, connections
 
+from ..backoff import wait_or_stop
 from ..conf import BrokerConfig, get_config
-from ..connection import CONNECTION_ERRORS, aclose_async_redis, get_async_redis, unavailable
+from ..connection import (
+    CONNECTION_ERRORS,
+    REDIS_ERRORS,
+    aclose_async_redis,
+    get_async_redis,
+    unavailable,
+)
 from ..heartbeat import Heartbeat
 from . import policy, registry
 from .registry import StreamConsumerSpec
-from .worker import REDIS_ERRORS, GroupWorker, wait_or_stop
+from .streams import GroupWorker
 
 logger = logging.getLogger("redis_broker.consumers")
-
-LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
-
-
-def configure_logging(verbosity: int) -> None:
-    """Set the ``redis_broker`` level from ``verbosity``; add a handler only if none is set up."""
-    broker_logger = logging.getLogger("redis_broker")
-    broker_logger.setLevel(LOG_LEVELS.get(verbosity, logging.DEBUG))
-    if not broker_logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        broker_logger.addHandler(handler)
 
 
 def default_consumer_name() -> str:
@@ -207,6 +202,8 @@ class ConsumerRunner:
         ]
         relay = None
         if self.relay_outbox:
+            # Imported on use: the outbox needs the ORM, which a runner started with
+            # relay_outbox=False (benchmarks, embedding without a database) never loads.
             from ..outbox import OutboxRelay
 
             relay = OutboxRelay()
@@ -374,10 +371,7 @@ class ConsumerRunner:
         """Return the live part of this process's heartbeat."""
         oldest = self._oldest_call_age()
         return {
-            "consumers": [
-                {"kind": "stream", "name": w.spec.name, "stream": w.spec.stream, "group": w.group}
-                for w in self.workers
-            ],
+            "consumers": [w.describe_for_heartbeat() for w in self.workers],
             "in_flight": sum(w.in_flight() for w in self.workers),
             "oldest_call_s": None if oldest is None else round(oldest, 3),
         }
@@ -419,7 +413,7 @@ class ConsumerRunner:
 
 async def _outbox_backlog() -> str:
     def count() -> str:
-        from ..outbox import backlog
+        from ..outbox import backlog  # on use, like OutboxRelay in _supervise
 
         close_old_connections()
         try:

@@ -1,17 +1,16 @@
-"""The loop of one consumer: read a (stream, group), hand entries to lanes, settle outcomes.
+"""What every consumer's worker does, whatever it reads: supervise, hand out, settle.
 
-One ``GroupWorker`` runs per registered consumer, as a task on the runner's event loop.
-It reads entries and hands them to the handler's lanes (``execution.py``), which run up
-to ``concurrency`` calls at once; outcomes come back as calls finish and are settled:
-acked, scheduled for a retry, or dead-lettered. Reading goes on while calls run, so one
-stuck handler holds one lane and never the consumer.
+A worker runs one registered consumer as a task on the runner's event loop. It hands
+what it reads to the handler's lanes (``execution.py``), which run up to
+``concurrency`` calls at once, and settles the outcomes as calls finish: a success
+joins the next ack, a failure is retried after a back-off or dead-lettered. Reading
+goes on while calls run, so one stuck handler holds one lane and never the consumer.
 
-Each step does one thing, in this order of priority: settle failed calls, deliver
-failed entries whose back-off is over (XCLAIM to ourselves), take over entries another
-consumer abandoned (XAUTOCLAIM), re-read our own pending list after a (re)start, and
-read new entries (XREADGROUP ``>``) while fewer than a batch wait for a lane. Acks ride
-in the same round trip as the next read; while that read blocks, outcomes are settled
-on another pooled connection.
+``ConsumerWorker`` owns that part, the same for every kind: the supervising loop that
+survives Redis outages, the lanes, collecting outcomes (aside, on another pooled
+connection, while a read blocks), the retry decision, the warm and cold stops, and
+what the runner reports. A subclass says where entries come from and what acking,
+retrying and dead-lettering mean for its kind (``streams.GroupWorker``).
 """
 
 from __future__ import annotations
@@ -20,18 +19,15 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import redis
 import redis.asyncio
 
-from ..conf import BrokerConfig
-from ..connection import CONNECTION_ERRORS
-from ..exceptions import ConsumerGroupMissing, MalformedEntry, Reject
-from ..naming import dead_letter_name, prefixed
-from ..wire import decode_entry_parts
+from ..backoff import Backoff, wait_or_stop
+from ..connection import CONNECTION_ERRORS, REDIS_ERRORS
+from ..exceptions import ConsumerGroupMissing, Reject
 from . import policy
 from .execution import Failure, Lanes, lanes_for
 from .message import StreamMessage
@@ -45,9 +41,6 @@ MAX_RECONNECT_DELAY = 1.0
 BURST_POLL = 0.25
 #: Entry ids named at most in one log line about abandoned entries.
 MAX_IDS_LOGGED = 20
-
-#: Anything a Redis call may raise: a lost connection or a refused command.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.RedisError)
 
 
 @dataclass(slots=True)
@@ -66,45 +59,29 @@ def describe(exc: BaseException) -> str:
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 
-class GroupWorker:
-    """Consume one (stream, group) as one named consumer, until told to stop.
+class ConsumerWorker:
+    """Run one consumer's handler on what a subclass reads, until told to stop.
 
-    ``concurrency`` (the command's ``--concurrency``) overrides the spec's value, which
-    overrides ``CONSUMERS["CONCURRENCY"]``.
+    Subclasses implement ``_setup`` (after a (re)connect), ``_step`` (the most urgent
+    piece of work; False when there was none), ``_burst_done``, ``_flush_acks`` and
+    ``_dead_letter``, and call ``_submit`` with what they read.
     """
 
     def __init__(
         self,
         spec: StreamConsumerSpec,
         *,
-        config: BrokerConfig,
-        consumer: str,
-        concurrency: int | None = None,
-        burst: bool = False,
+        concurrency: int,
+        retry: policy.RetryPolicy,
+        block_ms: int,
+        burst: bool,
     ) -> None:
-        settings = config.consumers
         self.spec = spec
-        self.key = prefixed(config.key_prefix, spec.stream)
-        self.dead_letter_key = prefixed(
-            config.key_prefix, dead_letter_name(spec.stream, settings.dead_letter_suffix)
-        )
-        self.group = spec.group
-        self.consumer = consumer
-        self.batch_size = spec.batch_size or settings.batch_size
-        self.concurrency = concurrency or spec.concurrency or settings.concurrency
-        self.block_ms = settings.block_ms
-        self.claim_idle_ms = settings.claim_idle_ms
-        # Scan for abandoned entries twice per CLAIM_IDLE_MS, but not more than every 5 s;
-        # a burst run waiting for a dead worker's entries looks more often.
-        self.claim_interval = min(settings.claim_idle_ms / 2000, 5.0)
-        if burst:
-            self.claim_interval = min(self.claim_interval, BURST_POLL)
-        self.retry = policy.RetryPolicy(
-            settings.max_deliveries, settings.retry_backoff_ms, settings.retry_backoff_max_ms
-        )
-        self.maxlen = config.stream_maxlen
-        self.is_async = spec.is_async
+        self.concurrency = concurrency
+        self.retry = retry
+        self.block_ms = block_ms
         self.burst = burst
+        self.is_async = spec.is_async
         self.stats = ConsumerStats()
         self.client: redis.asyncio.Redis | None = None
         self.lanes: Lanes[StreamMessage] | None = None
@@ -112,26 +89,20 @@ class GroupWorker:
         self._failures: list[Failure[StreamMessage]] = []
         self._in_flight = 0  # entries handed to the lanes whose outcome is not collected
         self._retries = policy.RetrySchedule()
-        self._claim_at = 0.0
-        self._claim_cursor = b"0-0"
-        self._history: bytes | None = b"0"  # cursor in our own pending list; None: done
         self._ready = False
-        self._group_warned = False
         self._progress = asyncio.Event()
         self._blocked = False  # inside a blocking read: outcomes are settled aside
         self._settler: asyncio.Task[None] | None = None
         self._slow_warned: set[bytes] = set()
 
-    # -- the loop ---------------------------------------------------------------------
+    # -- supervision --------------------------------------------------------------------
 
     async def run(self, client: redis.asyncio.Redis, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set (or, in burst mode, until nothing is left).
 
-        Never dies on Redis trouble: connection errors are logged once and retried with
-        a back-off of at most ``MAX_RECONNECT_DELAY``; anything else unexpected is
-        logged with its traceback and retried too. After ``stop``, calls in flight are
-        finished and settled. Cancellation (a cold stop) abandons them: their entries
-        stay pending for another worker, and the log names them.
+        Never dies on Redis trouble (see ``_consume``). After ``stop``, the entries
+        handed out are finished and settled. Cancellation (a cold stop) abandons them:
+        they stay pending for another worker, and the log names them.
         """
         self.client = client
         self._progress = asyncio.Event()
@@ -154,7 +125,11 @@ class GroupWorker:
             await self._final_flush()
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        failures = 0
+        """Step until ``stop``: a lost group is set up again with one warning; connection
+        errors are logged once and retried with a back-off of at most
+        ``MAX_RECONNECT_DELAY``; anything else is logged with its traceback and retried."""
+        backoff = Backoff(0.1, MAX_RECONNECT_DELAY)
+        group_warned = False
         while not stop.is_set():
             try:
                 if not self._ready:
@@ -163,114 +138,53 @@ class GroupWorker:
                 if not worked and self.burst and await self._burst_done(stop):
                     return
             except ConsumerGroupMissing as exc:
-                if not self._group_warned:
+                if not group_warned:
                     logger.warning("%s", exc)
-                    self._group_warned = True
-                self._forget_deliveries()
+                    group_warned = True
                 self._ready = False
                 continue
             except Exception as exc:
-                failures += 1
                 self._ready = False
-                delay = min(0.1 * 2 ** (failures - 1), MAX_RECONNECT_DELAY)
+                delay = backoff.next_delay()
                 if isinstance(exc, CONNECTION_ERRORS):
-                    log = logger.warning if failures == 1 else logger.debug
-                    log("%s: Redis unreachable (%s); retrying every %.1f s", self, exc, delay)
+                    logger.log(
+                        backoff.level(),
+                        "%s: Redis unreachable (%s); retrying every %.1f s",
+                        self,
+                        exc,
+                        delay,
+                    )
                 else:
                     logger.exception("%s: unexpected error; retrying in %.1f s", self, delay)
                 await wait_or_stop(stop, delay)
                 continue
-            if failures:
+            if backoff.reset():
                 logger.warning("%s: Redis answers again; resuming", self)
-                failures = 0
-            self._group_warned = False  # one warning per lost group, not per process
-
-    def __str__(self) -> str:
-        return f"{self.spec.name} ({self.spec.stream}:{self.group})"
+            group_warned = False  # one warning per lost group, not per process
 
     async def _setup(self) -> None:
-        """Create the group if needed, then plan to re-read our own pending entries."""
-        assert self.client is not None
-        created = await policy.ensure_group(self.client, self.key, self.group, self.spec.start)
-        if created:
-            logger.info("%s: created consumer group at %s", self, self.spec.start)
-        if self._acks:  # handled before the connection dropped; acks are idempotent
-            await self.client.xack(self.key, self.group, *self._acks)
-        self._forget_deliveries()
-        self._ready = True
-
-    def _forget_deliveries(self) -> None:
-        """Drop per-entry state: after a reconnect or a lost group, Redis is the truth.
-
-        Calls still in flight stay with the lanes, which ``_dispatch`` asks before it
-        hands an entry read again to a second lane.
-        """
-        self._acks = []
-        self._retries.clear()
-        self._history = b"0"
-        self._claim_at = 0.0
-        self._claim_cursor = b"0-0"
+        raise NotImplementedError
 
     async def _step(self) -> bool:
-        """Do the most urgent piece of work; return False when there was nothing to do."""
-        assert self.lanes is not None
-        self._progress.clear()  # outcomes from here on wake a wait below
-        self._collect()
-        try:
-            if self._failures:
-                await self._settle_failures()
-                return True
-            now = time.monotonic()
-            due = self._retries.next_due()
-            if due is not None and due <= now:
-                return await self._deliver_retries(now)
-            if now >= self._claim_at and await self._reclaim(now):
-                return True
-            if self._history is not None:
-                return await self._read_history()
-            if self.lanes.waiting() > self.batch_size:
-                # Two batches wait for a lane (one read ahead): read more once calls finish.
-                await self._wait_for_progress(self._until_next_due(self.block_ms / 1000))
-                return True
-            return await self._read_new()
-        except redis.ResponseError as exc:
-            if policy.is_nogroup(exc):
-                raise policy.group_missing(self.spec.stream, self.group) from exc
-            raise
+        raise NotImplementedError
+
+    async def _burst_done(self, stop: asyncio.Event) -> bool:
+        raise NotImplementedError
+
+    async def _flush_acks(self) -> None:
+        raise NotImplementedError
+
+    async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
+        raise NotImplementedError
 
     def _busy(self) -> bool:
         """Return True while calls run or wait, or outcomes wait to be settled."""
         return bool(self._in_flight or self._failures)
 
-    async def _burst_done(self, stop: asyncio.Event) -> bool:
-        """Return True once nothing is left: no call, no retry, nothing pending in the group.
-
-        Entries other consumers hold are waited for: a live worker acks them, a dead
-        one's are claimed once idle for CLAIM_IDLE_MS. So a cron job's exit 0 means the
-        group's work is done.
-        """
-        assert self.client is not None
-        if self._busy():
-            await self._wait_for_progress(self._until_next_due(BURST_POLL))
-            return False
-        if self._retries or self._history is not None or self._claim_cursor != b"0-0":
-            await wait_or_stop(stop, self._until_next_due(BURST_POLL))
-            return False
-        await self._flush_acks()
-        summary = await self.client.xpending(self.key, self.group)
-        if int(summary["pending"]) == 0:
-            return True
-        await wait_or_stop(stop, self._until_next_due(BURST_POLL))
-        return False
-
-    def _until_next_due(self, cap: float) -> float:
-        """Return seconds until a retry or a reclaim scan is due, at most ``cap``."""
-        now = time.monotonic()
-        wait = min(cap, max(0.0, self._claim_at - now))
+    def _until_next_retry(self, cap: float) -> float:
+        """Return seconds until a retry is due, at most ``cap``."""
         due = self._retries.next_due()
-        if due is not None:
-            wait = min(wait, max(0.0, due - now))
-        return wait
+        return cap if due is None else min(cap, max(0.0, due - time.monotonic()))
 
     async def _wait_for_progress(self, seconds: float) -> None:
         """Wait until a call finishes, or ``seconds``."""
@@ -287,185 +201,20 @@ class GroupWorker:
         finally:
             self.lanes.watched = False
 
-    # -- the sources of entries ---------------------------------------------------------
+    # -- outcomes -----------------------------------------------------------------------
 
-    def _block_ms(self) -> int | None:
-        if self.burst:
-            return None
-        return max(1, int(self._until_next_due(self.block_ms / 1000) * 1000))
-
-    async def _fetch(self, acks: list[bytes], block: int | None) -> list[policy.RawEntry]:
-        """Read new entries (XREADGROUP ``>``), sending ``acks`` in the same round trip.
-
-        While a read blocks, calls that finish are settled aside, so their acks do not
-        wait for the read to return.
-        """
-        assert self.client is not None and self.lanes is not None
-        self._blocked = self.lanes.watched = block is not None
-        try:
-            if acks:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.xack(self.key, self.group, *acks)
-                pipe.xreadgroup(self.group, self.consumer, {self.key: ">"}, self.batch_size, block)
-                reply = (await pipe.execute())[-1]
-            else:
-                reply = await self.client.xreadgroup(
-                    self.group, self.consumer, {self.key: ">"}, self.batch_size, block
-                )
-        except BaseException:
-            self._acks[:0] = acks  # not sent: keep them for the next round trip
-            raise
-        finally:
-            self._blocked = self.lanes.watched = False
-        return cast(Any, reply)[0][1] if reply else []
-
-    async def _read_new(self) -> bool:
-        block = self._block_ms()
-        if block is not None and self._in_flight:
-            # Let the lanes run once before a read that may wait: calls that finish
-            # without suspending are then acked by this read, not by a second command.
-            await asyncio.sleep(0)
-            self._collect()
-        acks, self._acks = self._acks, []
-        entries = await self._fetch(acks, block)
-        if not entries:
-            return False
-        await self._dispatch(entries, None)
-        return True
-
-    async def _read_history(self) -> bool:
-        """Deliver again what this consumer read before a restart or a lost connection."""
-        assert self.client is not None and self._history is not None
-        await self._flush_acks()  # or the history would hand back what was just handled
-        reply: Any = await self.client.xreadgroup(
-            self.group, self.consumer, {self.key: self._history}, self.batch_size
-        )
-        entries = reply[0][1] if reply else []
-        if not entries:
-            self._history = None  # caught up: new entries next
-            return True
-        self._history = entries[-1][0]
-        await self._dispatch_with_counts(entries)
-        return True
-
-    async def _reclaim(self, now: float) -> bool:
-        """Take entries other consumers left pending longer than CLAIM_IDLE_MS."""
-        assert self.client is not None
-        # Handled entries whose acks still wait for the next read look abandoned after
-        # a batch that took longer than CLAIM_IDLE_MS: ack them first.
-        await self._flush_acks()
-        cursor, entries, deleted = await policy.reclaim(
-            self.client,
-            key=self.key,
-            group=self.group,
-            consumer=self.consumer,
-            min_idle_ms=self.claim_idle_ms,
-            cursor=self._claim_cursor,
-            count=self.batch_size,
-        )
-        self._claim_cursor = cursor
-        if cursor == b"0-0":
-            self._claim_at = now + self.claim_interval
-        if deleted:
-            self.stats.trimmed += deleted
-            logger.warning("%s: %d pending entries were trimmed away; dropped", self, deleted)
-        # Our own slow calls look abandoned too; they are still running here.
-        if entries and self._in_flight:
-            holding = self.lanes.holding() if self.lanes is not None else set()
-            entries = [entry for entry in entries if entry[0] not in holding]
-        if not entries:
-            return False
-        self._retries.forget(entry_id for entry_id, _ in entries)  # idle that long: due now
-        self.stats.reclaimed += len(entries)
-        logger.info("%s: reclaimed %d abandoned entries", self, len(entries))
-        await self._dispatch_with_counts(entries)
-        return True
-
-    async def _deliver_retries(self, now: float) -> bool:
-        assert self.client is not None
-        counts, shortest_ms = self._retries.take_due(now, self.batch_size)
-        entries = await policy.claim_for_retry(
-            self.client,
-            key=self.key,
-            group=self.group,
-            consumer=self.consumer,
-            # Idle time counts from the delivery, the delay from the failure after it;
-            # 10 % slack absorbs clock granularity.
-            min_idle_ms=int(shortest_ms * 0.9),
-            ids=list(counts),
-        )
-        await self._dispatch(entries, counts)
-        return True
-
-    async def _dispatch_with_counts(self, entries: Sequence[policy.RawEntry]) -> None:
-        """Dispatch entries read again, with their delivery counts from one XPENDING."""
-        assert self.client is not None
-        counts = await policy.delivery_counts(
-            self.client, self.key, self.group, self.consumer, [e[0] for e in entries if e[1]]
-        )
-        await self._dispatch(entries, counts)
-
-    # -- handling ---------------------------------------------------------------------
-
-    async def _dispatch(
-        self, entries: Sequence[policy.RawEntry], counts: Mapping[bytes, int] | None
-    ) -> None:
-        """Decode entries and queue them for the lanes; settle the ones that cannot run."""
+    def _submit(self, items: list[tuple[bytes, StreamMessage]]) -> None:
+        """Hand messages to the lanes."""
         assert self.lanes is not None
-        stream, group, max_deliveries = self.spec.stream, self.group, self.retry.max_deliveries
-        build_message = StreamMessage.build
-        # Entries read again (our history after a reconnect) may still be running here.
-        holding = self.lanes.holding() if counts is not None and self._in_flight else ()
-        items: list[tuple[bytes, StreamMessage]] = []
-        for entry_id, raw in entries:
-            if entry_id in holding:
-                continue
-            if not raw:  # pending, but its body was trimmed from the stream
-                self._acks.append(entry_id)
-                self.stats.trimmed += 1
-                continue
-            count = 1 if counts is None else counts.get(entry_id, 1)
-            try:
-                type_, data, event_id, published_at, headers, fields = decode_entry_parts(raw)
-            except MalformedEntry as exc:
-                logger.error(
-                    "%s: entry %s is malformed (%s); dead-lettering it",
-                    self,
-                    entry_id.decode(),
-                    exc,
-                )
-                await self._dead_letter(entry_id, policy.text_fields(raw), describe(exc), count)
-                continue
-            if count > max_deliveries:
-                # Delivered again and again without a verdict: the worker died on it.
-                logger.error(
-                    "%s: entry %s (event %s) reached delivery %d without being settled; "
-                    "dead-lettering it",
-                    self,
-                    entry_id.decode(),
-                    event_id,
-                    count,
-                )
-                await self._dead_letter(
-                    entry_id, fields, "delivered too often without an outcome", count
-                )
-                continue
-            message = build_message(
-                entry_id.decode(),
-                stream,
-                group,
-                data,
-                type_,
-                event_id,
-                headers,
-                published_at,
-                count,
-                fields,
-            )
-            items.append((entry_id, message))
         if items:
             self._in_flight += len(items)
             self.lanes.submit(items)
+
+    def _holding(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Return which of ``ids`` the lanes still hold (queued, running or unsettled)."""
+        if not self._in_flight or self.lanes is None:
+            return set()
+        return self.lanes.holding().intersection(ids)
 
     def _notify(self) -> None:
         """Called on the loop when calls finished: wake the loop, or settle aside."""
@@ -507,64 +256,33 @@ class GroupWorker:
     async def _settle_failure(
         self, entry_id: bytes, message: StreamMessage, exc: Exception
     ) -> None:
+        """Retry after a back-off, or dead-letter (``Reject``, or ``MAX_DELIVERIES`` reached)."""
         self.stats.failed += 1
+        count, most = message.delivery_count, self.retry.max_deliveries
         where = f"{self}: entry {message.id} (event {message.event_id})"
-        if isinstance(exc, Reject):
-            logger.warning("%s was rejected: %s; dead-lettering it", where, exc)
-            await self._dead_letter(entry_id, message.fields, describe(exc), message.delivery_count)
-        elif self.retry.exhausted(message.delivery_count):
-            logger.error(
-                "%s failed on delivery %d of %d; dead-lettering it",
-                where,
-                message.delivery_count,
-                self.retry.max_deliveries,
-                exc_info=exc,
-            )
-            await self._dead_letter(entry_id, message.fields, describe(exc), message.delivery_count)
-        else:
-            delay = self.retry.delay_ms(message.delivery_count)
+        delay = self.retry.retry_delay_ms(exc, count)
+        if delay is not None:
             logger.warning(
                 "%s failed on delivery %d of %d; retrying in %d ms",
-                where,
-                message.delivery_count,
-                self.retry.max_deliveries,
-                delay,
+                *(where, count, most, delay),
                 exc_info=exc,
             )
-            self._retries.add(entry_id, message.delivery_count, delay, time.monotonic())
-
-    async def _dead_letter(
-        self, entry_id: bytes, fields: Mapping[str, str], error: str, count: int
-    ) -> None:
-        assert self.client is not None
-        await policy.dead_letter(
-            self.client,
-            key=self.key,
-            dead_letter_key=self.dead_letter_key,
-            group=self.group,
-            entry_id=entry_id,
-            fields=fields,
-            stream=self.spec.stream,
-            error=error,
-            delivery_count=count,
-            maxlen=self.maxlen,
-        )
-        self.stats.dead_lettered += 1
-
-    async def _flush_acks(self) -> None:
-        assert self.client is not None
-        if self._acks:
-            acks, self._acks = self._acks, []
-            try:
-                await self.client.xack(self.key, self.group, *acks)
-            except BaseException:
-                self._acks[:0] = acks
-                raise
+            self._retries.add(entry_id, count, delay, time.monotonic())
+        elif isinstance(exc, Reject):
+            logger.warning("%s was rejected: %s; dead-lettering it", where, exc)
+            await self._dead_letter(entry_id, message, describe(exc))
+        else:
+            logger.error(
+                "%s failed on delivery %d of %d; dead-lettering it",
+                *(where, count, most),
+                exc_info=exc,
+            )
+            await self._dead_letter(entry_id, message, describe(exc))
 
     # -- stopping -----------------------------------------------------------------------
 
     async def _finish_in_flight(self) -> None:
-        """After a stop request: let every delivered entry finish, and settle it."""
+        """After a stop request: let every entry handed out finish, and settle it."""
         while True:
             self._progress.clear()
             self._collect()
@@ -584,10 +302,7 @@ class GroupWorker:
         logger.error(
             "%s: abandoned %d in-flight entries (%s%s); they stay pending and are "
             "reclaimed by another worker after CLAIM_IDLE_MS",
-            self,
-            len(ids),
-            shown,
-            more,
+            *(self, len(ids), shown, more),
         )
 
     async def _final_flush(self) -> None:
@@ -596,24 +311,20 @@ class GroupWorker:
             self._collect()
         if not self._acks or self.client is None:
             return
-        acks, self._acks = self._acks, []
+        count = len(self._acks)
         try:
-            await asyncio.wait_for(self.client.xack(self.key, self.group, *acks), 2.0)
+            await asyncio.wait_for(self._flush_acks(), 2.0)
         except REDIS_ERRORS as exc:
             logger.warning(
                 "%s: could not ack %d handled entries (%s); they will be delivered again",
-                self,
-                len(acks),
-                exc,
+                *(self, count, exc),
             )
 
     # -- what the runner reports -------------------------------------------------------
 
     async def pending(self) -> int:
-        """Return how many entries of this group are pending (all its consumers)."""
-        assert self.client is not None
-        summary = await self.client.xpending(self.key, self.group)
-        return int(summary["pending"])
+        """Return how many entries wait to be settled in Redis (for every consumer)."""
+        raise NotImplementedError
 
     def in_flight(self) -> int:
         """Return how many entries were handed to the lanes and have no outcome yet."""
@@ -629,28 +340,17 @@ class GroupWorker:
         if self.lanes is None:
             return
         now = time.monotonic()
-        running = dict(self.lanes.calls)  # a copy: threads change it
-        still = set()
-        for entry_id, started in running.values():
-            still.add(entry_id)
+        running: dict[bytes, float] = dict(self.lanes.calls.values())  # a copy: threads
+        for entry_id, started in running.items():
             if now - started >= threshold and entry_id not in self._slow_warned:
                 self._slow_warned.add(entry_id)
                 logger.warning(
                     "%s: the handler has been running on entry %s for %.0f s "
                     "(concurrency %d; other entries keep flowing)",
-                    self,
-                    entry_id.decode(),
-                    now - started,
-                    self.concurrency,
+                    *(self, entry_id.decode(), now - started, self.concurrency),
                 )
-        self._slow_warned &= still
+        self._slow_warned &= running.keys()
 
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds``, waking early when ``stop`` is set."""
-    if seconds <= 0 or stop.is_set():
-        return
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
+    def describe_for_heartbeat(self) -> dict[str, Any]:
+        """Return what the process's heartbeat says about this consumer."""
+        return {"kind": "stream", "name": self.spec.name, "stream": self.spec.stream}

@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .queries import ENTRY_ID_RE
+from .. import wire
 
 #: Most entries one action may name (a page holds at most 100).
 MAX_IDS = 1000
@@ -18,7 +18,7 @@ PAGE_SIZES = (25, 50, 100)
 
 def validate_entry_id(value: str) -> None:
     """Raise ``ValidationError`` unless ``value`` is a stream entry id (``ms`` or ``ms-seq``)."""
-    if not ENTRY_ID_RE.fullmatch(value):
+    if not wire.is_entry_id(value):
         raise ValidationError(f"{value!r} is not a stream entry id (like 1700000000000-0).")
 
 

@@ -23,11 +23,13 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from django.db.models import Count
 
 from .. import wire
+from ..consumers.policy import is_missing
 from ..exceptions import MalformedEntry
 from ..models import OutboxEvent
-from ..naming import prefixed, unprefixed
+from ..naming import dead_letter_name, dead_letter_source, prefixed, unprefixed
 from ..outbox import OutboxBacklog, backlog
 
 #: Most streams listed on the overview; SCAN stops once it has found this many.
@@ -39,24 +41,10 @@ PREVIEW_CHARS = 600
 #: Payloads are never rendered beyond this many characters, so one huge entry cannot
 #: make a page megabytes long.
 MAX_PAYLOAD_CHARS = 100_000
-#: A stream entry id, as typed in a filter or posted by a form (``ms`` or ``ms-seq``).
-ENTRY_ID_RE = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
 
 
 class KeyMissing(LookupError):
     """The stream (or consumer group) is not there: deleted or expired since it was listed."""
-
-
-def text(value: Any) -> str:
-    """Return a Redis reply value as text for display (invalid UTF-8 replaced, never raised)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return "" if value is None else str(value)
-
-
-def id_ms(entry_id: str) -> int:
-    """Return the millisecond timestamp part of a stream entry id."""
-    return int(entry_id.split("-", 1)[0])
 
 
 def format_duration(ms: int | float | None) -> str:
@@ -111,11 +99,11 @@ def server_info(client: redis.Redis) -> ServerInfo:
     """Return version, memory, clients and uptime from one ``INFO`` call."""
     info: Mapping[str, Any] = client.info()
     return ServerInfo(
-        version=text(info.get("redis_version", "?")),
-        mode=text(info.get("redis_mode", "standalone")),
-        role=text(info.get("role", "?")),
-        used_memory_human=text(info.get("used_memory_human", "?")),
-        maxmemory_human=text(info.get("maxmemory_human", "0B")),
+        version=wire.reply_text(info.get("redis_version", "?"), "replace"),
+        mode=wire.reply_text(info.get("redis_mode", "standalone"), "replace"),
+        role=wire.reply_text(info.get("role", "?"), "replace"),
+        used_memory_human=wire.reply_text(info.get("used_memory_human", "?"), "replace"),
+        maxmemory_human=wire.reply_text(info.get("maxmemory_human", "0B"), "replace"),
         connected_clients=int(info.get("connected_clients", 0)),
         uptime_seconds=int(info.get("uptime_in_seconds", 0)),
     )
@@ -180,67 +168,55 @@ def list_streams(
     infos: dict[str, dict[str, Any]] = {}
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, dict):
-            infos[unprefixed(prefix, text(key))] = reply
+            infos[unprefixed(prefix, wire.reply_text(key, "replace"))] = reply
     now = now_ms()
     streams = []
     for name, info in infos.items():
-        first_id = _entry_id(info.get("first-entry"))
-        last_id = _entry_id(info.get("last-entry"))
-        dead_letter_of = None
-        if name.endswith(dead_letter_suffix) and len(name) > len(dead_letter_suffix):
-            dead_letter_of = name[: -len(dead_letter_suffix)]
-        dlq = infos.get(name + dead_letter_suffix)
-        streams.append(
-            StreamSummary(
-                name=name,
-                length=int(info.get("length", 0)),
-                groups=int(info.get("groups", 0)),
-                first_id=first_id,
-                last_id=last_id,
-                first_age_ms=now - id_ms(first_id) if first_id else None,
-                last_age_ms=now - id_ms(last_id) if last_id else None,
-                dead_letters=int(dlq.get("length", 0)) if dlq else 0,
-                dead_letter_of=dead_letter_of,
-            )
-        )
+        dlq = infos.get(dead_letter_name(name, dead_letter_suffix))
+        dead_letters = int(dlq.get("length", 0)) if dlq else 0
+        streams.append(_summary(name, info, dead_letters, dead_letter_suffix, now=now))
     return StreamListing(streams=streams, truncated=truncated)
 
 
-def _entry_id(entry: Any) -> str | None:
-    if not entry:
-        return None
-    return text(entry[0])
-
-
-def stream_summary(
-    client: redis.Redis, *, prefix: str, name: str, dead_letter_suffix: str
+def _summary(
+    name: str, info: Mapping[str, Any], dead_letters: int, dead_letter_suffix: str, *, now: int
 ) -> StreamSummary:
-    """Return one stream's summary; raise ``KeyMissing`` when it is not a stream."""
-    key = prefixed(prefix, name)
-    pipe = client.pipeline(transaction=False)
-    pipe.xinfo_stream(key)
-    pipe.type(prefixed(prefix, name + dead_letter_suffix))
-    pipe.xlen(prefixed(prefix, name + dead_letter_suffix))
-    info, dlq_type, dlq_length = pipe.execute(raise_on_error=False)
-    if not isinstance(info, dict):
-        raise KeyMissing(f"There is no stream {name!r}.")
+    """Return the summary of stream ``name`` from its ``XINFO STREAM`` reply."""
     first_id = _entry_id(info.get("first-entry"))
     last_id = _entry_id(info.get("last-entry"))
-    now = now_ms()
-    dead_letter_of = None
-    if name.endswith(dead_letter_suffix) and len(name) > len(dead_letter_suffix):
-        dead_letter_of = name[: -len(dead_letter_suffix)]
     return StreamSummary(
         name=name,
         length=int(info.get("length", 0)),
         groups=int(info.get("groups", 0)),
         first_id=first_id,
         last_id=last_id,
-        first_age_ms=now - id_ms(first_id) if first_id else None,
-        last_age_ms=now - id_ms(last_id) if last_id else None,
-        dead_letters=int(dlq_length) if dlq_type == b"stream" else 0,
-        dead_letter_of=dead_letter_of,
+        first_age_ms=now - wire.entry_id_ms(first_id) if first_id else None,
+        last_age_ms=now - wire.entry_id_ms(last_id) if last_id else None,
+        dead_letters=dead_letters,
+        dead_letter_of=dead_letter_source(name, dead_letter_suffix),
     )
+
+
+def _entry_id(entry: Any) -> str | None:
+    if not entry:
+        return None
+    return wire.reply_text(entry[0], "replace")
+
+
+def stream_summary(
+    client: redis.Redis, *, prefix: str, name: str, dead_letter_suffix: str
+) -> StreamSummary:
+    """Return one stream's summary; raise ``KeyMissing`` when it is not a stream."""
+    dlq_key = prefixed(prefix, dead_letter_name(name, dead_letter_suffix))
+    pipe = client.pipeline(transaction=False)
+    pipe.xinfo_stream(prefixed(prefix, name))
+    pipe.type(dlq_key)
+    pipe.xlen(dlq_key)
+    info, dlq_type, dlq_length = pipe.execute(raise_on_error=False)
+    if not isinstance(info, dict):
+        raise KeyMissing(f"There is no stream {name!r}.")
+    dead_letters = int(dlq_length) if dlq_type == b"stream" else 0
+    return _summary(name, info, dead_letters, dead_letter_suffix, now=now_ms())
 
 
 def is_stream(client: redis.Redis, *, prefix: str, name: str) -> bool:
@@ -321,13 +297,15 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
     try:
         fields = wire.fields_as_text(raw)
     except MalformedEntry:
-        fields = {text(k): text(v) for k, v in raw.items()}
+        fields = {
+            wire.reply_text(k, "replace"): wire.reply_text(v, "replace") for k, v in raw.items()
+        }
     payload, problem = _pretty(fields.get(wire.DATA, ""), "payload")
     clipped = len(payload) > MAX_PAYLOAD_CHARS
     headers = _pretty(fields[wire.HEADERS], "headers")[0] if wire.HEADERS in fields else ""
     return Entry(
         id=entry_id,
-        age_ms=now - id_ms(entry_id),
+        age_ms=now - wire.entry_id_ms(entry_id),
         type=fields.get(wire.TYPE, ""),
         event_id=fields.get(wire.EVENT_ID, ""),
         published_at=fields.get(wire.PUBLISHED_AT, ""),
@@ -388,7 +366,10 @@ def read_entries(
     if after is not None:
         rows.reverse()
     now = now_ms()
-    entries = [decode_for_display(text(entry_id), fields, now=now) for entry_id, fields in rows]
+    entries = [
+        decode_for_display(wire.reply_text(entry_id, "replace"), fields, now=now)
+        for entry_id, fields in rows
+    ]
     if after is not None:
         older = entries[-1].id if entries else None
         newer = entries[0].id if more and entries else None
@@ -410,7 +391,7 @@ def read_entries_by_id(
     found = []
     for rows in pipe.execute():
         for entry_id, fields in rows:
-            found.append(decode_for_display(text(entry_id), fields, now=now))
+            found.append(decode_for_display(wire.reply_text(entry_id, "replace"), fields, now=now))
     return found
 
 
@@ -455,7 +436,7 @@ def list_groups(client: redis.Redis, *, prefix: str, name: str) -> list[GroupInf
     try:
         groups = client.xinfo_groups(key)
     except redis.ResponseError as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             raise KeyMissing(f"There is no stream {name!r}.") from exc
         raise
     pipe = client.pipeline(transaction=False)
@@ -466,14 +447,14 @@ def list_groups(client: redis.Redis, *, prefix: str, name: str) -> list[GroupInf
     for group, consumers in zip(groups, replies, strict=True):
         result.append(
             GroupInfo(
-                name=text(group["name"]),
+                name=wire.reply_text(group["name"], "replace"),
                 pending=int(group.get("pending", 0)),
-                last_delivered_id=text(group.get("last-delivered-id")),
+                last_delivered_id=wire.reply_text(group.get("last-delivered-id"), "replace"),
                 entries_read=_int_or_none(group.get("entries-read")),
                 lag=_int_or_none(group.get("lag")),
                 consumers=[
                     ConsumerInfo(
-                        name=text(c["name"]),
+                        name=wire.reply_text(c["name"], "replace"),
                         pending=int(c.get("pending", 0)),
                         idle_ms=int(c.get("idle", 0)),
                         inactive_ms=_int_or_none(c.get("inactive")),
@@ -483,12 +464,6 @@ def list_groups(client: redis.Redis, *, prefix: str, name: str) -> list[GroupInf
             )
         )
     return result
-
-
-def _is_missing(exc: redis.ResponseError) -> bool:
-    """Return True when Redis says the stream or group is not there (or not a stream)."""
-    message = str(exc).lower()
-    return "no such key" in message or "nogroup" in message or "wrongtype" in message
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -556,20 +531,41 @@ def read_pending(
             consumername=consumer or None,
         )
     except redis.ResponseError as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             raise KeyMissing(f"The stream {name!r} has no consumer group {group!r}.") from exc
         raise
     more = len(rows) > count
-    entries = [
-        PendingEntry(
-            id=text(row["message_id"]),
-            consumer=text(row["consumer"]),
-            idle_ms=int(row["time_since_delivered"]),
-            deliveries=int(row["times_delivered"]),
-        )
-        for row in rows[:count]
-    ]
+    entries = [_pending_entry(row) for row in rows[:count]]
     return PendingPage(entries=entries, next_after=entries[-1].id if more else None)
+
+
+def read_pending_by_id(
+    client: redis.Redis, *, prefix: str, name: str, group: str, ids: Sequence[str]
+) -> list[PendingEntry]:
+    """Return the entries with these ids still pending in ``group`` (one ``XPENDING`` each).
+
+    An id whose reply is an error (the group vanished meanwhile) is left out, like one no
+    longer pending.
+    """
+    key = prefixed(prefix, name)
+    pipe = client.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.xpending_range(key, group, min=entry_id, max=entry_id, count=1)
+    found: list[PendingEntry] = []
+    for rows in pipe.execute(raise_on_error=False):
+        if isinstance(rows, list):
+            found.extend(_pending_entry(row) for row in rows)
+    return found
+
+
+def _pending_entry(row: Mapping[str, Any]) -> PendingEntry:
+    """Return a ``PendingEntry`` for one row of redis-py's extended ``XPENDING`` reply."""
+    return PendingEntry(
+        id=wire.reply_text(row["message_id"], "replace"),
+        consumer=wire.reply_text(row["consumer"], "replace"),
+        idle_ms=int(row["time_since_delivered"]),
+        deliveries=int(row["times_delivered"]),
+    )
 
 
 # --- Pub/Sub ----------------------------------------------------------------------------
@@ -600,7 +596,10 @@ def pubsub_info(client: redis.Redis, *, prefix: str, limit: int = MAX_CHANNELS) 
     counts: list[tuple[Any, Any]] = client.pubsub_numsub(*names) if names else []
     return PubSubInfo(
         channels=[
-            ChannelInfo(name=unprefixed(prefix, text(channel)), subscribers=int(number))
+            ChannelInfo(
+                name=unprefixed(prefix, wire.reply_text(channel, "replace")),
+                subscribers=int(number),
+            )
             for channel, number in counts
         ],
         patterns=int(client.pubsub_numpat()),
@@ -641,8 +640,6 @@ class OutboxInfo:
 
 def outbox_info(limit: int = 50) -> OutboxInfo:
     """Return the outbox backlog and its ``limit`` oldest rows (database reads only)."""
-    from django.db.models import Count
-
     rows = OutboxEvent.objects.order_by("id")[:limit]
     per_stream = (
         OutboxEvent.objects.values_list("stream")

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 
 from . import actions, views
-
-if TYPE_CHECKING:
-    from ..admin import BrokerAdmin
+from .pages import InspectorAdmin
 
 _S = "streams/<str:stream>/"
 _G = _S + "groups/<str:group>/"
 
-#: (route, view, name without the ``redis_broker_`` prefix)
+#: (route, view, name without the ``redis_broker_`` prefix); an action's ``Action`` is its view.
 ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     # The same page as the model's changelist, under the inspector's naming scheme.
     ("", views.overview, "index"),
@@ -45,7 +43,7 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
 ]
 
 
-def get_admin_urlpatterns(model_admin: BrokerAdmin) -> list[URLPattern]:
+def get_admin_urlpatterns(model_admin: InspectorAdmin) -> list[URLPattern]:
     """Return the inspector's URL patterns, each wrapped by the admin site's ``admin_view``.
 
     ``admin_view`` sends anonymous users to the admin login and adds CSRF protection

@@ -25,6 +25,8 @@ async def adisconnect_user(user: Any) -> None:
     each authenticated socket joined on connect. Without a channel layer nothing can
     reach other processes; this is logged and ignored.
     """
+    # Imported on use: this package is loaded by AppConfig.ready() in every process, and
+    # only a logout or a revocation needs the Channels layer and the socket consumer.
     from channels.layers import get_channel_layer
 
     from .consumer import user_group

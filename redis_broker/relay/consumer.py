@@ -35,6 +35,15 @@ from ..conf import WebsocketSettings, get_config
 from ..exceptions import BrokerUnavailable, MalformedEntry
 from ..naming import is_valid_channel
 from ..publishing import abroadcast
+from .frames import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    RATE_LIMITED,
+    TOO_LARGE,
+    UNAVAILABLE,
+    control_frame,
+    error_frame,
+)
 from .hub import Subscription, get_hub
 
 logger = logging.getLogger("redis_broker.relay")
@@ -45,12 +54,6 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_REVOKED = 4001
 #: Channels one socket may hold at once; each costs the hub a Redis subscription.
 MAX_SUBSCRIPTIONS = 100
-
-BAD_REQUEST = "bad_request"
-FORBIDDEN = "forbidden"
-TOO_LARGE = "too_large"
-RATE_LIMITED = "rate_limited"
-UNAVAILABLE = "unavailable"
 
 
 def user_group(pk: Any) -> str:
@@ -195,12 +198,7 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     def error(self, code: str, channel: Any = None, detail: str = "") -> None:
         """Queue an error frame; the socket stays open."""
-        frame: dict[str, Any] = {"type": "error", "code": code, "channel": None}
-        if isinstance(channel, str) and len(channel) <= 200:
-            frame["channel"] = channel
-        if detail:
-            frame["detail"] = detail
-        self.offer(wire.dumps(frame, what="frame"))
+        self.offer(error_frame(code, channel, detail))
 
     # ------------------------------------------------------------------ frames in
 
@@ -255,7 +253,7 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             self.error(FORBIDDEN, channel)
             return
         if channel in self.subscriptions:
-            self.offer(wire.dumps({"type": "subscribed", "channel": channel}))
+            self.offer(control_frame("subscribed", channel))
             return
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             self.error(BAD_REQUEST, channel, detail=f"at most {MAX_SUBSCRIPTIONS} channels")
@@ -268,7 +266,7 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         sub = self.subscriptions.pop(channel, None)
         if sub is not None:
             await self.hub.unsubscribe(sub)
-        self.offer(wire.dumps({"type": "unsubscribed", "channel": channel}))
+        self.offer(control_frame("unsubscribed", channel))
 
     async def publish(self, channel: str, content: dict[str, Any]) -> None:
         """Broadcast ``data`` on ``channel`` if the user may and the rate limit allows."""

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from .. import wire
+from ..backoff import Backoff
 from ..conf import BrokerConfig, get_config
 from ..connection import (
     CONNECTION_ERRORS,
@@ -45,6 +45,7 @@ from ..exceptions import MalformedEntry
 from ..naming import prefixed, unprefixed
 from ..publishing import is_durable
 from ..wire import entry_id_key
+from .frames import control_frame, message_frame
 
 logger = logging.getLogger("redis_broker.relay")
 
@@ -67,26 +68,6 @@ class FrameSink(Protocol):
 
     def overflow(self) -> None:
         """Close the socket because it cannot keep up."""
-
-
-def message_frame(channel: str, message: wire.DecodedMessage) -> str:
-    """Return the JSON text of the ``message`` frame the browser receives."""
-    frame: dict[str, Any] = {
-        "type": "message",
-        "channel": channel,
-        "data": message.data,
-        "event_id": message.event_id,
-    }
-    if message.type:
-        frame["event_type"] = message.type
-    if message.id is not None:
-        frame["id"] = message.id
-    return wire.dumps(frame, what="frame", envelope=1)
-
-
-def control_frame(kind: str, channel: str, **extra: Any) -> str:
-    """Return the JSON text of a frame without payload (``subscribed``, ``gap``...)."""
-    return wire.dumps({"type": kind, "channel": channel, **extra}, what="frame")
 
 
 @dataclasses.dataclass(eq=False)
@@ -238,7 +219,7 @@ class Hub:
 
     async def _run(self) -> None:
         """Connect, read and fan out; on any failure back off and connect again."""
-        failures = 0
+        backoff = Backoff(RECONNECT_BASE, RECONNECT_CAP, jitter=True, remind_every=10)
         ever_connected = False
         while True:
             try:
@@ -247,23 +228,21 @@ class Hub:
                     self.stats.reconnects += 1
                     logger.info("Relay hub reconnected to %s", mask_url(self._config.url))
                 ever_connected = True
-                failures = 0
+                backoff.reset()
                 await self._read()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 await self._drop_connection()
-                delay = random.uniform(0, min(RECONNECT_CAP, RECONNECT_BASE * 2**failures))
-                failures += 1
-                level = logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG
+                delay = backoff.next_delay()
                 logger.log(
-                    level,
+                    backoff.level(),
                     "Relay hub lost Redis at %s (%s: %s); reconnecting in %.2f s (attempt %d)",
                     mask_url(self._config.url),
                     type(exc).__name__,
                     explain(exc, self._config.url),  # a TLS mismatch, a missing password...
                     delay,
-                    failures,
+                    backoff.failures,
                 )
                 await asyncio.sleep(delay)
 
@@ -406,7 +385,8 @@ class Hub:
 
     async def _activate(self, sub: Subscription, generation: int) -> None:
         """Bring ``sub`` live on the current connection: announce, replay or report a gap."""
-        failures = 0
+        # The first retry waits up to twice the reconnect base: a replay follows a connect.
+        backoff = Backoff(RECONNECT_BASE * 2, RECONNECT_CAP, jitter=True)
         while not sub.closed and generation == self._generation and not sub.live:
             try:
                 frames, baseline = await self._catch_up(sub) if sub.durable else ([], None)
@@ -417,8 +397,7 @@ class Hub:
                 )
                 frames, baseline = [], None
             except CONNECTION_ERRORS as exc:
-                failures += 1
-                delay = random.uniform(0, min(RECONNECT_CAP, RECONNECT_BASE * 2**failures))
+                delay = backoff.next_delay()
                 logger.debug(
                     "Replay of %r failed (%s); retrying in %.2f s", sub.channel, exc, delay
                 )

@@ -47,8 +47,3 @@ def logged_in_page(browser: Any, daphne_server: LiveServer) -> Iterator[Callable
     yield _open
     for context in contexts:
         context.close()
-
-
-def wait_subscribed(page: Any, channel: str) -> None:
-    """Wait until the page's socket has the server's confirmation for ``channel``."""
-    page.wait_for_function("(c) => window.broker && window.broker.isSubscribed(c)", arg=channel)

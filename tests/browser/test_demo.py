@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import ROOT, manage, subprocess_env
 
-from .conftest import wait_subscribed
+from .helpers import wait_subscribed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

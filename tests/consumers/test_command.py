@@ -12,7 +12,7 @@ from redis_broker import publish_many
 from redis_broker.testing import free_port
 from tests.testapp.consumers import HANDLED
 
-from .conftest import Worker
+from .helpers import Worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

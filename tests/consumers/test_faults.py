@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -13,24 +12,9 @@ from redis_broker import publish_many
 from redis_broker.testing import RedisServer, wait_for
 from tests.testapp.consumers import HANDLED
 
-from .conftest import Worker
+from .helpers import Worker, handled_ids, handled_pids, published_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def handled_ids(client: redis.Redis) -> list[str]:
-    """Return the event id of every successful handler call."""
-    return [line.split()[0] for line in client.lrange(HANDLED, 0, -1)]
-
-
-def handled_pids(client: redis.Redis) -> Counter[int]:
-    """Return how many entries each worker process handled."""
-    return Counter(int(line.split()[1]) for line in client.lrange(HANDLED, 0, -1))
-
-
-def published_ids(client: redis.Redis, stream: str = "test.orders") -> set[str]:
-    """Return the event ids in ``stream``."""
-    return {fields["event_id"] for _, fields in client.xrange(stream)}
 
 
 def test_second_worker_claims_what_a_killed_worker_left(

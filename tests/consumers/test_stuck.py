@@ -21,8 +21,7 @@ from redis_broker.heartbeat import WorkerInfo, live_workers
 from redis_broker.testing import wait_for
 from tests.testapp.consumers import HANDLED, SPANS, attempts_key
 
-from .conftest import Worker
-from .test_faults import handled_ids, published_ids
+from .helpers import Worker, handled_ids, published_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

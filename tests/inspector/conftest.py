@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -13,21 +12,7 @@ from django.test import Client
 
 from redis_broker import wire
 
-STREAM = "orders"
-GROUP = "billing"
-DLQ = "orders:dlq"
-
-
-#: Every read-only inspector page, as (URL name, kwargs).
-PAGES = [
-    ("broker_changelist", {}),
-    ("stream", {"stream": STREAM}),
-    ("groups", {"stream": STREAM}),
-    ("pending", {"stream": STREAM, "group": GROUP}),
-    ("dead_letters", {"stream": STREAM}),
-    ("pubsub", {}),
-    ("outbox", {}),
-]
+from .helpers import DLQ, GROUP, STREAM, Seeded
 
 
 @pytest.fixture
@@ -61,16 +46,6 @@ def operator(user_client: Callable[..., Client]) -> Client:
     return user_client("view_broker", "change_broker")
 
 
-@dataclass
-class Seeded:
-    """What the ``seeded`` fixture put in Redis."""
-
-    ids: list[str]  # entries of STREAM, oldest first
-    pending: list[str]  # ids pending in GROUP (delivered to consumer "c1")
-    dead: list[str]  # ids of DLQ entries, oldest first
-    dead_event_ids: list[str]  # their event_id fields
-
-
 @pytest.fixture
 def seeded(redis_client: redis.Redis) -> Seeded:
     """Fill Redis: 10 entries in ``orders``, 4 pending in ``billing``, 2 dead letters."""
@@ -99,25 +74,3 @@ def seeded(redis_client: redis.Redis) -> Seeded:
             )
         )
     return Seeded(ids=ids, pending=pending, dead=dead, dead_event_ids=event_ids)
-
-
-def snapshot(client: redis.Redis) -> dict[str, Any]:
-    """Return everything the inspector's actions could change, for before/after equality."""
-    state: dict[str, Any] = {}
-    for key in sorted(client.scan_iter(_type="stream")):
-        groups = client.xinfo_groups(key)
-        state[key] = {
-            "entries": client.xrange(key),
-            "groups": {
-                g["name"]: {
-                    "last": g["last-delivered-id"],
-                    "pending": [
-                        (p["message_id"], p["consumer"], p["times_delivered"])
-                        for p in client.xpending_range(key, g["name"], "-", "+", 1000)
-                    ],
-                    "consumers": sorted(c["name"] for c in client.xinfo_consumers(key, g["name"])),
-                }
-                for g in groups
-            },
-        }
-    return state

@@ -10,19 +10,13 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.messages import get_messages
 from django.test import Client
-from django.urls import reverse
 
 from redis_broker import wire
 from redis_broker.models import Broker
 
-from .conftest import DLQ, GROUP, STREAM, Seeded
+from .helpers import DLQ, GROUP, STREAM, Seeded, url
 
 pytestmark = pytest.mark.django_db
-
-
-def url(name: str, **kwargs: str) -> str:
-    """Return the URL of an inspector view on the default admin site."""
-    return reverse(f"admin:redis_broker_{name}", kwargs=kwargs or None)
 
 
 def only_log_entry(stream: str = STREAM) -> LogEntry:

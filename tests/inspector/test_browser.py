@@ -10,7 +10,7 @@ import redis
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from .conftest import DLQ, GROUP, STREAM, Seeded
+from .helpers import DLQ, GROUP, STREAM, Seeded
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

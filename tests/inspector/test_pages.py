@@ -14,14 +14,9 @@ from redis_broker.inspector import queries
 from redis_broker.models import OutboxEvent
 from redis_broker.testing import free_port, wait_for
 
-from .conftest import DLQ, GROUP, PAGES, STREAM, Seeded
+from .helpers import DLQ, GROUP, PAGES, STREAM, Seeded, url
 
 pytestmark = pytest.mark.django_db
-
-
-def url(name: str, **kwargs: str) -> str:
-    """Return the URL of an inspector view on the default admin site."""
-    return reverse(f"admin:redis_broker_{name}", kwargs=kwargs or None)
 
 
 def test_overview_shows_server_facts_and_streams(admin_client: Client, seeded: Seeded) -> None:

@@ -10,7 +10,7 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from .conftest import DLQ, GROUP, PAGES, STREAM, Seeded, snapshot
+from .helpers import DLQ, GROUP, PAGES, STREAM, Seeded, snapshot, url
 
 
 def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str, object]]]:
@@ -30,11 +30,6 @@ def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str,
         ("create_group", {"stream": STREAM}, {"group": "new", "start": "0"}),
         ("destroy_group", {"stream": STREAM, "group": GROUP}, {}),
     ]
-
-
-def url(name: str, **kwargs: str) -> str:
-    """Return the URL of an inspector view on the default admin site."""
-    return reverse(f"admin:redis_broker_{name}", kwargs=kwargs or None)
 
 
 @pytest.mark.django_db

@@ -2,7 +2,8 @@
 
 These tests use ``django_db(transaction=True)``: the events are published by
 ``transaction.on_commit`` callbacks, which only run when a real transaction commits
-(the default test wrapper rolls back and never commits).
+(the default test wrapper rolls back and never commits). What a transaction's
+savepoints and rollbacks let through is in test_commit_buffer.py.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from decimal import Decimal
 
 import pytest
 import redis
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import transaction
 from django.db.models.signals import post_save
 
 from redis_broker import publish_model_event, wire
 from redis_broker.model_events import connect_receivers
 from tests.testapp.models import Customer, Note, Order, Preference
 
-from .conftest import model_events, read_stream
+from .helpers import broker_settings, model_events, read_stream
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -78,108 +80,6 @@ def test_save_in_autocommit_publishes_at_once(redis_client: redis.Redis) -> None
     """Tests that outside any transaction the event is on the stream when save() returns."""
     Order.objects.create(status="new")
     assert [e.type for e in read_stream(redis_client, "shop.orders")] == ["testapp.order.created"]
-
-
-def test_transaction_publishes_its_events_in_order_in_one_round_trip(
-    redis_client: redis.Redis, publish_calls: list[int]
-) -> None:
-    """Tests that a transaction's events go out together, in the order they happened."""
-    with transaction.atomic():
-        first = Order.objects.create(status="a")
-        second = Order.objects.create(status="b")
-        first.status = "c"
-        first.save()
-        second.delete()
-    assert publish_calls == [4]
-    got = [(e.type, e.data["fields"]["status"]) for e in read_stream(redis_client, "shop.orders")]
-    assert got == [
-        ("testapp.order.created", "a"),
-        ("testapp.order.created", "b"),
-        ("testapp.order.updated", "c"),
-        ("testapp.order.deleted", "b"),
-    ]
-
-
-def test_rolled_back_transaction_publishes_nothing(redis_client: redis.Redis) -> None:
-    """Tests that an exception leaving atomic() rolls back the change and its event."""
-    with pytest.raises(RuntimeError), transaction.atomic():
-        Order.objects.create(status="phantom")
-        raise RuntimeError("abort")
-    with transaction.atomic():
-        Order.objects.create(status="real")
-    assert [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")] == [
-        "real"
-    ]
-
-
-def test_set_rollback_publishes_nothing(redis_client: redis.Redis) -> None:
-    """Tests that transaction.set_rollback(True) drops the transaction's events."""
-    with transaction.atomic():
-        Order.objects.create(status="phantom")
-        transaction.set_rollback(True)
-    assert redis_client.xlen("shop.orders") == 0
-
-
-def test_rolled_back_savepoint_publishes_only_surviving_events(
-    redis_client: redis.Redis,
-) -> None:
-    """Tests that work undone by a savepoint rollback publishes nothing; the rest does."""
-    with transaction.atomic():
-        Order.objects.create(status="before")
-        with pytest.raises(RuntimeError), transaction.atomic():
-            Order.objects.create(status="undone")
-            raise RuntimeError("abort the savepoint")
-        Order.objects.create(status="after")
-        assert redis_client.xlen("shop.orders") == 0
-    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
-    assert statuses == ["before", "after"]
-
-
-def test_released_savepoint_undone_by_its_parent_publishes_nothing(
-    redis_client: redis.Redis,
-) -> None:
-    """Tests that a savepoint released inside one that is then rolled back publishes nothing."""
-    with transaction.atomic():
-        with pytest.raises(RuntimeError), transaction.atomic():
-            Order.objects.create(status="outer-undone")
-            with transaction.atomic():
-                Order.objects.create(status="inner-undone")
-            Order.objects.create(status="outer-undone-2")
-            raise RuntimeError("abort the outer savepoint")
-        Order.objects.create(status="kept")
-    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
-    assert statuses == ["kept"]
-
-
-def test_savepoint_rolled_back_after_the_last_save_publishes_nothing_from_it(
-    redis_client: redis.Redis,
-) -> None:
-    """Tests that a rollback after the transaction's last save still drops that save's event."""
-    with transaction.atomic():
-        Order.objects.create(status="kept")
-        with transaction.atomic():
-            Order.objects.create(status="undone")
-            transaction.set_rollback(True)
-    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
-    assert statuses == ["kept"]
-
-
-def test_get_or_create_in_a_loop_publishes_in_one_round_trip(
-    redis_client: redis.Redis, publish_calls: list[int]
-) -> None:
-    """Tests that events from released savepoints (get_or_create) join one publish at commit."""
-    Order.objects.create(status="s3")
-    publish_calls.clear()
-    with transaction.atomic():
-        for i in range(5):
-            Order.objects.get_or_create(status=f"s{i}")
-        with pytest.raises(IntegrityError), transaction.atomic():
-            Order.objects.create(status="bad", customer_id=999_999)
-            Customer.objects.create(id=1, name="x")
-            Customer.objects.create(id=1, name="duplicate")
-    assert publish_calls == [4]
-    statuses = [e.data["fields"]["status"] for e in read_stream(redis_client, "shop.orders")]
-    assert statuses == ["s3", "s0", "s1", "s2", "s4"]
 
 
 def test_events_carry_the_values_saved_not_later_changes_before_commit(
@@ -245,10 +145,6 @@ def test_model_removed_from_settings_stops_publishing(redis_client: redis.Redis)
     """Tests that receivers read the current settings, so removing a model silences it."""
     with model_events(testapp__Order=None), transaction.atomic():
         pass
-    from django.conf import settings
-
-    from .conftest import broker_settings
-
     remaining = {
         k: v for k, v in settings.REDIS_BROKER["MODEL_EVENTS"].items() if k != "testapp.Order"
     }

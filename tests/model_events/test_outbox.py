@@ -25,14 +25,13 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from redis_broker import wire
-from redis_broker.model_events import store
 from redis_broker.models import OutboxEvent
-from redis_broker.outbox import OutboxBacklog, OutboxRelay, backlog
+from redis_broker.outbox import OutboxBacklog, OutboxRelay, backlog, store
 from redis_broker.testing import RedisServer, wait_for
 from tests.helpers import manage, subprocess_env
 from tests.testapp.models import Invoice, Order
 
-from .conftest import broker_settings, read_stream
+from .helpers import broker_settings, read_stream
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -78,21 +77,3 @@ def make_user(transactional_db: None) -> Callable[[str], Awaitable[Any]]:
         return await sync_to_async(get_user_model().objects.create_user)(name, password=name)
 
     return _make
-
-
-async def send(socket: WebsocketCommunicator, frame: dict[str, Any]) -> None:
-    """Send one JSON frame."""
-    await socket.send_to(text_data=json.dumps(frame))
-
-
-async def receive(socket: WebsocketCommunicator, within: float = 5) -> dict[str, Any]:
-    """Return the next frame, decoded."""
-    return json.loads(await socket.receive_from(timeout=within))  # type: ignore[no-any-return]
-
-
-async def subscribe(socket: WebsocketCommunicator, channel: str, **extra: Any) -> dict[str, Any]:
-    """Subscribe and return the ``subscribed`` frame (Redis has confirmed by then)."""
-    await send(socket, {"action": "subscribe", "channel": channel, **extra})
-    frame = await receive(socket)
-    assert frame == {"type": "subscribed", "channel": channel}, frame
-    return frame

@@ -14,7 +14,7 @@ from redis_broker import abroadcast
 from redis_broker.conf import get_config
 from redis_broker.relay.hub import get_hub
 
-from .conftest import receive, send, subscribe
+from .helpers import receive, send, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from redis_broker import wire
 from redis_broker.consumers.message import StreamMessage
 
-from .conftest import receive, subscribe
+from .helpers import receive, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,7 +9,7 @@ import pytest
 
 from redis_broker import abroadcast, broadcast
 
-from .conftest import receive, send, subscribe
+from .helpers import receive, send, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from django.test import override_settings
 from redis_broker import abroadcast, broadcast
 from redis_broker.relay.hub import get_hub
 
-from .conftest import receive, subscribe
+from .helpers import receive, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

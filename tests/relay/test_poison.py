@@ -12,7 +12,7 @@ import pytest
 from redis_broker import abroadcast, wire
 from redis_broker.relay.hub import get_hub
 
-from .conftest import receive, send, subscribe
+from .helpers import receive, send, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

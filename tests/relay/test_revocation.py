@@ -9,7 +9,7 @@ from django.contrib.auth.signals import user_logged_out
 from redis_broker.relay import adisconnect_user
 from redis_broker.relay.consumer import CLOSE_REVOKED
 
-from .conftest import subscribe
+from .helpers import subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

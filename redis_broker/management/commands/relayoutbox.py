@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from typing import Any
 
@@ -18,8 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...exceptions import BrokerUnavailable
 from ...outbox import OutboxRelay
-
-VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+from ..verbosity import configure_logging
 
 
 class Command(BaseCommand):
@@ -37,7 +35,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, burst: bool = False, **options: Any) -> None:
-        logging.getLogger("redis_broker").setLevel(VERBOSITY_LEVELS[options["verbosity"]])
+        configure_logging(options["verbosity"])
         relay = self.relay_class()
         if burst:
             try:

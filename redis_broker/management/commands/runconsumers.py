@@ -9,8 +9,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...consumers.runner import ConsumerRunner, configure_logging
+from ...consumers.runner import ConsumerRunner
 from ...exceptions import BrokerUnavailable, ConsumerDefinitionError, ConsumerNameInUse
+from ..verbosity import configure_logging
 
 
 class Command(BaseCommand):
