@@ -73,6 +73,27 @@ def dead_letter_source(name: str, suffix: str) -> str | None:
     return derived_source(name, suffix)
 
 
+#: Suffixes of the keys a list consumer keeps beside its list (see ``consumers/lists.py``).
+PROCESSING = ":processing:"
+LIST_CONSUMERS = ":consumers"
+DELIVERIES = ":deliveries"
+
+
+def processing_list_name(list_name: str, consumer: str) -> str:
+    """Return the list where ``consumer`` keeps the items of ``list_name`` it is handling."""
+    return derived_name(list_name, PROCESSING + consumer)
+
+
+def list_consumers_name(list_name: str) -> str:
+    """Return the set of consumer names that may hold processing lists of ``list_name``."""
+    return derived_name(list_name, LIST_CONSUMERS)
+
+
+def deliveries_name(list_name: str) -> str:
+    """Return the hash counting deliveries of the items of ``list_name`` being handled."""
+    return derived_name(list_name, DELIVERIES)
+
+
 #: The namespace of keys the app keeps for itself (heartbeats), beside users' streams.
 INTERNAL = "redis-broker:"
 
