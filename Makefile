@@ -58,6 +58,7 @@ format: install ## Apply ruff's fixes and formatting
 bench: install ## Run every benchmark (each starts its own private Redis)
 	$(BIN)/python bench/publish.py
 	$(BIN)/python bench/consume.py
+	$(BIN)/python bench/subscribers.py
 	$(BIN)/python bench/model_events.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/admin.py

@@ -24,12 +24,16 @@ __all__ = [
     "abroadcast",
     "apublish",
     "apublish_many",
+    "apush",
     "broadcast",
+    "channel_consumer",
     "get_async_redis",
     "get_redis",
+    "list_consumer",
     "publish",
     "publish_many",
     "publish_model_event",
+    "push",
     "stream_consumer",
 ]
 
@@ -44,6 +48,10 @@ _LAZY = {
     "StreamMessage": "redis_broker.consumers.message",
     "WriteRefused": "redis_broker.exceptions",
     "abroadcast": "redis_broker.publishing",
+    "apush": "redis_broker.publishing",
+    "push": "redis_broker.publishing",
+    "channel_consumer": "redis_broker.consumers.registry",
+    "list_consumer": "redis_broker.consumers.registry",
     "apublish": "redis_broker.publishing",
     "apublish_many": "redis_broker.publishing",
     "broadcast": "redis_broker.publishing",
@@ -58,7 +66,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .connection import get_async_redis, get_redis
     from .consumers.message import StreamMessage
-    from .consumers.registry import stream_consumer
+    from .consumers.registry import channel_consumer, list_consumer, stream_consumer
     from .exceptions import (
         BrokerUnavailable,
         ConfigurationError,
@@ -74,9 +82,11 @@ if TYPE_CHECKING:
         abroadcast,
         apublish,
         apublish_many,
+        apush,
         broadcast,
         publish,
         publish_many,
+        push,
     )
 
 

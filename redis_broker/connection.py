@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import threading
 import weakref
@@ -24,7 +25,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from .conf import SETTING_NAME, BrokerConfig, get_config
@@ -122,10 +123,17 @@ def build_client(config: BrokerConfig) -> redis.Redis:
     return redis.Redis.from_url(config.url, **kwargs)
 
 
-def build_async_client(config: BrokerConfig) -> redis.asyncio.Redis:
-    """Return a new asyncio client for ``config``; use it only on the current loop."""
+def build_async_client(config: BrokerConfig, *, retries: bool = True) -> redis.asyncio.Redis:
+    """Return a new asyncio client for ``config``; use it only on the current loop.
+
+    ``retries=False`` lets every dropped connection surface at once, for a caller that
+    must notice it (a Pub/Sub reader that logs the window in which it heard nothing).
+    """
     kwargs = client_kwargs(config)
-    kwargs.setdefault("retry", _retry(config, asyncio_=True))
+    if retries:
+        kwargs.setdefault("retry", _retry(config, asyncio_=True))
+    else:
+        kwargs["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
     if config.sentinels:
         url_kwargs = _url_kwargs(config.url)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -429,3 +437,55 @@ async def atranslate_errors(target: Target = None) -> AsyncIterator[None]:
         raise write_refused(exc, target) from exc
     except CONNECTION_ERRORS as exc:
         raise unavailable(exc) from exc
+
+
+class LuaScript:
+    """A Lua script run by its SHA1 (EVALSHA), loaded on first use (EVAL on NOSCRIPT).
+
+    ``arun`` packs the whole command with hiredis when it is installed: a script that
+    takes hundreds of arguments (outputs of a batch, bench/subscribers.py) spends most
+    of its client time in redis-py's pure-Python packing otherwise.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def arun(
+        self, client: redis.asyncio.Redis, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Any:
+        """Run the script on ``client`` and return its reply."""
+        try:
+            return await _acommand(client, ("EVALSHA", self.sha, len(keys), *keys, *args))
+        except redis.exceptions.NoScriptError:
+            return await _acommand(client, ("EVAL", self.source, len(keys), *keys, *args))
+
+
+async def _acommand(client: redis.asyncio.Redis, command: tuple[Any, ...]) -> Any:
+    """Send one command on a pooled async connection and read its reply (no callbacks).
+
+    A dropped connection is retried under the client's ``Retry``; any failure but a
+    ``ResponseError`` (after which the connection is in step) disconnects it.
+    """
+    pool: Any = client.connection_pool
+    conn: Any = await pool.get_connection()
+
+    async def exchange() -> Any:
+        if _hiredis_pack is not None:
+            await conn.send_packed_command(_hiredis_pack(command))
+        else:
+            await conn.send_command(*command)
+        return await conn.read_response()
+
+    async def failed(_error: BaseException) -> None:
+        await conn.disconnect()
+
+    try:
+        return await conn.retry.call_with_retry(exchange, failed)
+    except redis.ResponseError:
+        raise
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)

@@ -230,3 +230,41 @@ async def abroadcast(channel: str, data: Any, *, type: str = "") -> int:
     key = prefixed(config.key_prefix, channel)
     async with atranslate_errors(lambda: _channel(key, durable=False)):
         return int(await get_async_redis().publish(key, message))
+
+
+def _list(key: str) -> str:
+    """Return how an error names the list (Redis key) written to."""
+    return f"list {key!r}"
+
+
+def push(
+    list_name: str,
+    data: Any,
+    *,
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> int:
+    """Append one item to the Redis list ``list_name`` (RPUSH); return the list's length.
+
+    The element is one JSON text, the Pub/Sub message object plus ``headers`` when given,
+    so ``@list_consumer`` handlers (and any other language) read it; the list name gets
+    ``KEY_PREFIX``.
+    """
+    element = wire.encode_message(data, type=type, headers=headers)
+    key = prefixed(get_config().key_prefix, list_name)
+    with translate_errors(lambda: _list(key)):
+        return int(get_redis().rpush(key, element))
+
+
+async def apush(
+    list_name: str,
+    data: Any,
+    *,
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> int:
+    """Async twin of :func:`push`."""
+    element = wire.encode_message(data, type=type, headers=headers)
+    key = prefixed(get_config().key_prefix, list_name)
+    async with atranslate_errors(lambda: _list(key)):
+        return int(await get_async_redis().rpush(key, element))

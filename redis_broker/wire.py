@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
@@ -35,6 +35,9 @@ DATA = "data"
 EVENT_ID = "event_id"
 PUBLISHED_AT = "published_at"
 HEADERS = "headers"
+
+# The header of an ``output=`` entry naming the event it was made from (contract section 8).
+INPUT_EVENT_ID = "input_event_id"
 
 # Dead-letter fields added next to the original ones (contract section 3).
 ORIGINAL_STREAM = "original_stream"
@@ -377,6 +380,47 @@ def decode_entry(raw: Mapping[Any, Any]) -> DecodedEntry:
     )
 
 
+#: An ``output=`` entry before it is written: its ``data`` text, ``event_id`` and
+#: ``headers`` text (``published_at`` is given when the batch is written).
+OutputParts = tuple[str, str, str]
+
+
+def encode_output(result: Any, input_event_id: str) -> OutputParts:
+    """Return the parts of the entry a handler's return value becomes (``output=``).
+
+    Its headers name the input's event (``input_event_id``) so it can be traced back.
+    Raises ``TypeError`` when ``result`` cannot be encoded, like ``publish()``.
+    """
+    headers = "{" + json.encoder.encode_basestring(INPUT_EVENT_ID) + ":"
+    headers += json.encoder.encode_basestring(input_event_id) + "}"
+    return dumps(result, what="return value"), new_event_id(), headers
+
+
+def output_fields(parts: OutputParts, published_at: str) -> dict[str, str]:
+    """Return the stream entry fields of an output."""
+    data, event_id, headers = parts
+    return {TYPE: "", DATA: data, EVENT_ID: event_id, PUBLISHED_AT: published_at, HEADERS: headers}
+
+
+def output_script_body(key: str) -> str:
+    """Return the Lua that XADDs one output to ``KEYS[key]`` from ``ARGV`` (see ``policy``).
+
+    The script's arguments are ``maxlen`` ("" for none) as ARGV[2], ``published_at`` as
+    ARGV[3], and each output's data, event id and headers at ``ARGV[i + 1..3]``. Built
+    here so the field names stay owned by this module.
+    """
+    fields = (
+        f"'{TYPE}', '', '{DATA}', ARGV[i + 1], '{EVENT_ID}', ARGV[i + 2], "
+        f"'{PUBLISHED_AT}', ARGV[3], '{HEADERS}', ARGV[i + 3]"
+    )
+    return f"""
+      if ARGV[2] ~= '' then
+        redis.call('XADD', KEYS[{key}], 'MAXLEN', '~', ARGV[2], '*', {fields})
+      else
+        redis.call('XADD', KEYS[{key}], '*', {fields})
+      end"""
+
+
 def dead_letter_fields(
     fields: Mapping[str, str],
     *,
@@ -407,8 +451,14 @@ def encode_message(
     event_id: str | None = None,
     published_at: str | None = None,
     entry_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> str:
-    """Return the Pub/Sub message text for one event."""
+    """Return the Pub/Sub message text for one event (also a list element, see ``push``).
+
+    ``headers``, when given, is a JSON object beside the other fields.
+    """
+    if not isinstance(type, str):
+        raise TypeError(f"The event type must be a str, not {type.__class__.__name__}.")
     message: dict[str, Any] = {
         TYPE: type,
         DATA: data,
@@ -417,6 +467,10 @@ def encode_message(
     }
     if entry_id is not None:
         message["id"] = entry_id
+    if headers is not None:
+        if not isinstance(headers, Mapping):
+            raise TypeError("headers must be a mapping of names to JSON-encodable values.")
+        message[HEADERS] = dict(headers)
     return dumps(message, envelope=1)
 
 
@@ -438,31 +492,69 @@ def durable_message_parts(fields: Mapping[str, str]) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class DecodedMessage:
-    """A Pub/Sub message read back."""
+    """A Pub/Sub message (or list element) read back."""
 
     type: str
     data: Any
     event_id: str
     published_at: str
     id: str | None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, str]:
+        """Return the message as stream entry fields (for dead letters and outputs)."""
+        fields = {
+            TYPE: self.type,
+            DATA: dumps(self.data),
+            EVENT_ID: self.event_id,
+            PUBLISHED_AT: self.published_at,
+        }
+        if self.headers:
+            fields[HEADERS] = dumps(self.headers, what="headers")
+        return fields
 
 
-def decode_message(raw: bytes | str) -> DecodedMessage:
+def decode_message(raw: bytes | str, *, what: str = "message") -> DecodedMessage:
     """Parse a Pub/Sub message; raise ``MalformedEntry`` when it is not ours.
 
     A message that is valid JSON but not our envelope (another publisher) is wrapped
     as the ``data`` of an untyped message, so relays still deliver it.
     """
-    value = loads(raw, what="message", envelope=1)
+    value = loads(raw, what=what, envelope=1)
     if not isinstance(value, dict) or DATA not in value or EVENT_ID not in value:
         # The whole message becomes the payload, so it must fit the payload's limit.
         if isinstance(value, (dict, list)) and _too_deep(reply_text(raw), MAX_DEPTH):
-            raise MalformedEntry(f"the message is nested deeper than {MAX_DEPTH} levels")
+            raise MalformedEntry(f"the {what} is nested deeper than {MAX_DEPTH} levels")
         return DecodedMessage(type="", data=value, event_id="", published_at="", id=None)
+    headers = value.get(HEADERS) or {}
+    if not isinstance(headers, dict):
+        raise MalformedEntry(f"the {what}'s 'headers' is not a JSON object")
     return DecodedMessage(
         type=str(value.get(TYPE, "")),
         data=value[DATA],
         event_id=str(value[EVENT_ID]),
         published_at=str(value.get(PUBLISHED_AT, "")),
         id=value.get("id"),
+        headers=headers,
     )
+
+
+def decode_element(raw: bytes | str) -> DecodedMessage:
+    """Parse a list element: our envelope, or any other producer's text as ``data``.
+
+    An element that is JSON but not our envelope is the ``data`` (as for Pub/Sub); one
+    that is not JSON at all (``LPUSH jobs hello``) is delivered as its text. Only bytes
+    that are not UTF-8, or JSON nested too deeply, raise ``MalformedEntry``.
+    """
+    try:
+        return decode_message(raw, what="element")
+    except MalformedEntry:
+        text = reply_text(raw) if not isinstance(raw, bytes) else None
+        if text is None:
+            try:
+                text = raw.decode()  # type: ignore[union-attr]
+            except UnicodeDecodeError as exc:
+                raise MalformedEntry(f"the element is not UTF-8 text: {exc}") from exc
+        if text.lstrip()[:1] in ("{", "[") and _too_deep(text, MAX_DEPTH):
+            raise
+        return DecodedMessage(type="", data=text, event_id="", published_at="", id=None)

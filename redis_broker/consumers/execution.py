@@ -48,7 +48,8 @@ class Lanes(Generic[M]):
     """The part both engines share: the queue, the outcomes, the calls in flight.
 
     Outcomes pile up in three places the worker takes with :meth:`collect`: ``done``
-    (ids of calls that returned), ``results`` (their return values, when not None) and
+    (ids of calls that returned), ``results`` (their message and return value, when the
+    value is not None) and
     ``failed``. ``notify`` is called on the event loop when outcomes arrive while
     ``watched`` is set, that is while the worker waits for them; otherwise nothing is
     called per entry, which keeps the fast path fast (bench/consume.py).
@@ -61,7 +62,7 @@ class Lanes(Generic[M]):
         self.watched = False
         self.queue: deque[tuple[bytes, M]] = deque()
         self.done: list[bytes] = []
-        self.results: dict[bytes, Any] = {}
+        self.results: dict[bytes, tuple[M, Any]] = {}
         self.failed: list[Failure[M]] = []
         #: lane number -> (entry id, monotonic start) of the call it is running
         self.calls: dict[int, tuple[bytes, float]] = {}
@@ -80,7 +81,7 @@ class Lanes(Generic[M]):
             self.failed.append((entry_id, message, error))
         else:
             if result is not None:
-                self.results[entry_id] = result
+                self.results[entry_id] = (message, result)
             self.done.append(entry_id)
         del self.calls[number]
         if self.watched:
@@ -89,8 +90,8 @@ class Lanes(Generic[M]):
     def _signal(self) -> None:
         self.notify()
 
-    def collect(self) -> tuple[list[bytes], dict[bytes, Any], list[Failure[M]]]:
-        """Return (and forget) the ids done, their non-None results, and the failures.
+    def collect(self) -> tuple[list[bytes], dict[bytes, tuple[M, Any]], list[Failure[M]]]:
+        """Return (and forget) the ids done, their (message, non-None result), the failures.
 
         Safe while threads append: a slice and its deletion are each one step under
         the GIL, and appends only ever go to the end.

@@ -15,6 +15,7 @@ import redis
 import redis.asyncio
 
 from .. import wire
+from ..connection import LuaScript
 from ..exceptions import ConsumerGroupMissing, Reject
 from ..publishing import trim_args
 
@@ -226,6 +227,20 @@ async def reclaim(
     return next_cursor, entries, deleted
 
 
+async def renew(
+    client: redis.asyncio.Redis, *, key: str, group: str, consumer: str, ids: Sequence[bytes]
+) -> None:
+    """Reset the idle time of entries this consumer is handling (XCLAIM ... JUSTID).
+
+    A live worker renews its claim on what it holds, so other workers reclaim an entry
+    only from a consumer that stopped renewing: dead, or paused longer than
+    CLAIM_IDLE_MS. JUSTID leaves the delivery count alone.
+    """
+    await client.xclaim(
+        key, group, consumer, min_idle_time=0, message_ids=cast(Any, list(ids)), justid=True
+    )
+
+
 async def claim_for_retry(
     client: redis.asyncio.Redis,
     *,
@@ -244,3 +259,48 @@ async def claim_for_retry(
         key, group, consumer, min_idle_time=min_idle_ms, message_ids=cast(Any, list(ids))
     )
     return cast(list[RawEntry], list(reply))
+
+
+# XACK each entry; append its output only when the XACK acknowledged it. Two workers
+# racing on a reclaimed entry both run this, and only the first one's XACK returns 1,
+# so each input yields exactly one output. ARGV: group, maxlen ("" for none),
+# published_at, then per entry: id, data, event id, headers (four short arguments: the
+# client's cost is mostly packing arguments, bench/subscribers.py).
+_ACK_AND_APPEND = LuaScript(f"""
+local appended = 0
+for i = 4, #ARGV, 4 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then{wire.output_script_body("2")}
+    appended = appended + 1
+  end
+end
+return appended
+""")
+
+
+def output_args(
+    maxlen: int | None, outputs: Mapping[Any, wire.OutputParts], keys: Mapping[Any, Any]
+) -> list[Any]:
+    """Return the arguments of an output script after its first one: maxlen, the time,
+    then for each output the ``keys`` value of its id (what the script settles) and its
+    three parts."""
+    args: list[Any] = ["" if maxlen is None else maxlen, wire.now_iso()]
+    for output_id, parts in outputs.items():
+        args += [keys[output_id], *parts]
+    return args
+
+
+async def ack_and_append(
+    client: redis.asyncio.Redis,
+    *,
+    key: str,
+    group: str,
+    output_key: str,
+    outputs: Mapping[bytes, wire.OutputParts],
+    maxlen: int | None,
+) -> int:
+    """Ack entries and append each one's output in one atomic step; return how many went out.
+
+    An entry already acked (another worker handled it first) gets no second output.
+    """
+    args = [group, *output_args(maxlen, outputs, {i: i for i in outputs})]
+    return int(await _ACK_AND_APPEND.arun(client, [key, output_key], args))

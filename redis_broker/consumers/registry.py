@@ -1,4 +1,7 @@
-"""``@stream_consumer``: register handlers as validated specs, and find them in installed apps.
+"""The consumer decorators: register handlers as validated specs; find them in installed apps.
+
+``@stream_consumer``, ``@channel_consumer`` and ``@list_consumer`` each make a spec of
+their kind; one registry holds them all.
 
 Registration happens at import time and does no I/O. ``runconsumers`` imports the
 ``consumers`` module of every installed app (``autodiscover()``, like the admin's
@@ -11,12 +14,12 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from django.utils.module_loading import autodiscover_modules
 
 from ..exceptions import ConsumerDefinitionError
-from ..naming import is_valid_channel
+from ..naming import PATTERN_RE, is_valid_channel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,51 +41,67 @@ def _positive(path: str, name: str, value: Any) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class StreamConsumerSpec:
-    """One registered handler and its per-consumer options (validated on creation).
+#: A ``{name}`` part of a channel consumer's pattern: a wildcard passed as a keyword.
+PARAMETER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,49})\}")
 
-    ``batch_size`` and ``concurrency`` left at None fall back to ``REDIS_BROKER["CONSUMERS"]``.
+
+def _valid_name(path: str, label: str, value: Any) -> None:
+    if not is_valid_channel(value):
+        raise ConsumerDefinitionError(
+            path,
+            f"{label} {value!r} is not a valid name "
+            "(letters, digits and . _ : -, at most 200 characters).",
+        )
+
+
+def _valid_output(path: str, output: Any) -> None:
+    if output is not None:
+        _valid_name(path, "output", output)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerSpec:
+    """What every registered handler has, whatever it reads (validated on creation).
+
+    ``concurrency`` left at None falls back to ``REDIS_BROKER["CONSUMERS"]``; ``output``
+    names a stream each non-None return value is appended to.
     """
 
     func: Callable[..., Any]
-    stream: str
-    group: str
     name: str
-    batch_size: int | None = None
     concurrency: int | None = None
-    start: str = "0"
+    output: str | None = None
+
+    #: "stream", "channel" or "list": what the consumer reads.
+    kind: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         path = self.path
         if not callable(self.func):
             raise ConsumerDefinitionError(path, "the handler is not callable.")
-        for label, value in (("stream", self.stream), ("group", self.group)):
-            if not is_valid_channel(value):
-                raise ConsumerDefinitionError(
-                    path,
-                    f"{label} {value!r} is not a valid name "
-                    "(letters, digits and . _ : -, at most 200 characters).",
-                )
         if not isinstance(self.name, str) or not self.name:
             raise ConsumerDefinitionError(path, f"name must be a non-empty str, not {self.name!r}.")
-        _positive(path, "batch_size", self.batch_size)
         _positive(path, "concurrency", self.concurrency)
-        if not isinstance(self.start, str) or not START_RE.fullmatch(self.start):
-            raise ConsumerDefinitionError(
-                path, f'start must be "0", "$" or an entry id, not {self.start!r}.'
-            )
+        _valid_output(path, self.output)
+        self._check_signature(self.keywords())
+
+    def keywords(self) -> tuple[str, ...]:
+        """Return the keyword arguments the handler is called with besides the message."""
+        return ()
+
+    def _check_signature(self, keywords: tuple[str, ...]) -> None:
         try:
             signature = inspect.signature(self.func)
         except (TypeError, ValueError):  # some builtins have no signature; trust them
             return
         try:
-            signature.bind(None)
+            signature.bind(None, **dict.fromkeys(keywords))
         except TypeError:
+            wanted = "one positional argument (the message)"
+            if keywords:
+                wanted += " and the keyword arguments " + ", ".join(keywords)
             raise ConsumerDefinitionError(
-                path,
-                "the handler must accept one positional argument (the message); "
-                f"its signature is {signature}.",
+                self.path, f"the handler must accept {wanted}; its signature is {signature}."
             ) from None
 
     @property
@@ -95,39 +114,175 @@ class StreamConsumerSpec:
         """Return True for ``async def`` handlers (awaited on the loop), False for threads."""
         return inspect.iscoroutinefunction(self.func)
 
+    @property
+    def source(self) -> str:
+        """Return what the consumer reads: a stream, a channel pattern or a list."""
+        raise NotImplementedError
+
     def matches(self, selector: str) -> bool:
-        """Return True when ``selector`` names this consumer: its name, stream or stream:group."""
+        """Return True when ``selector`` names this consumer: its name or its source."""
+        return selector in (self.name, self.source)
+
+    def clashes_with(self, other: ConsumerSpec) -> str | None:
+        """Return why ``other`` cannot be registered beside this spec, or None."""
+        if other.name == self.name:
+            return f"the name {self.name!r} is already used by {other.path}."
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamConsumerSpec(ConsumerSpec):
+    """A ``@stream_consumer``: one (stream, group) and its options.
+
+    ``batch_size`` left at None falls back to ``REDIS_BROKER["CONSUMERS"]``; ``start`` is
+    where a new group begins.
+    """
+
+    stream: str
+    group: str
+    batch_size: int | None = None
+    start: str = "0"
+
+    kind: ClassVar[str] = "stream"
+
+    def __post_init__(self) -> None:
+        path = self.path
+        _valid_name(path, "stream", self.stream)
+        _valid_name(path, "group", self.group)
+        _positive(path, "batch_size", self.batch_size)
+        if not isinstance(self.start, str) or not START_RE.fullmatch(self.start):
+            raise ConsumerDefinitionError(
+                path, f'start must be "0", "$" or an entry id, not {self.start!r}.'
+            )
+        ConsumerSpec.__post_init__(self)
+
+    @property
+    def source(self) -> str:
+        """Return the stream."""
+        return self.stream
+
+    def matches(self, selector: str) -> bool:
+        """Return True for the consumer's name, its stream, or ``stream:group``."""
         return selector in (self.name, self.stream, f"{self.stream}:{self.group}")
+
+    def clashes_with(self, other: ConsumerSpec) -> str | None:
+        """Two handlers in one group would each see only part of the stream."""
+        if isinstance(other, StreamConsumerSpec) and (other.stream, other.group) == (
+            self.stream,
+            self.group,
+        ):
+            return (
+                f"stream {self.stream!r} already has a consumer in group {self.group!r}: "
+                f"{other.path}. Give one of them another group."
+            )
+        return ConsumerSpec.clashes_with(self, other)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelConsumerSpec(ConsumerSpec):
+    """A ``@channel_consumer``: a Pub/Sub channel, or a pattern of them.
+
+    A plain name is SUBSCRIBEd. ``*`` and ``?`` globs and ``{name}`` parts make it a
+    pattern (PSUBSCRIBE, with each ``{name}`` read as ``*``); the text a ``{name}`` part
+    matched is passed to the handler as that keyword argument.
+    """
+
+    pattern: str
+
+    kind: ClassVar[str] = "channel"
+
+    def __post_init__(self) -> None:
+        glob = PARAMETER_RE.sub("*", self.pattern) if isinstance(self.pattern, str) else None
+        if glob is None or not PATTERN_RE.fullmatch(glob):
+            raise ConsumerDefinitionError(
+                self.path,
+                f"pattern {self.pattern!r} is not a channel name or pattern (letters, digits, "
+                ". _ : -, the wildcards * and ?, and {name} parts; at most 200 characters).",
+            )
+        names = self.keywords()
+        if len(set(names)) != len(names):
+            raise ConsumerDefinitionError(self.path, f"pattern {self.pattern!r} repeats a name.")
+        ConsumerSpec.__post_init__(self)
+
+    def keywords(self) -> tuple[str, ...]:
+        """Return the names of the pattern's ``{name}`` parts, in order."""
+        return tuple(PARAMETER_RE.findall(self.pattern))
+
+    @property
+    def source(self) -> str:
+        """Return the pattern as written."""
+        return self.pattern
+
+    @property
+    def subscription(self) -> str:
+        """Return what to (P)SUBSCRIBE: the pattern with each ``{name}`` read as ``*``."""
+        return PARAMETER_RE.sub("*", self.pattern)
+
+    @property
+    def is_pattern(self) -> bool:
+        """Return True when the consumer needs PSUBSCRIBE."""
+        return self.subscription != self.pattern or any(c in self.pattern for c in "*?")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListConsumerSpec(ConsumerSpec):
+    """A ``@list_consumer``: a Redis list used as a work queue.
+
+    ``batch_size`` (items taken per round trip) left at None falls back to
+    ``REDIS_BROKER["CONSUMERS"]``.
+    """
+
+    list: str
+    batch_size: int | None = None
+
+    kind: ClassVar[str] = "list"
+
+    def __post_init__(self) -> None:
+        _valid_name(self.path, "list", self.list)
+        _positive(self.path, "batch_size", self.batch_size)
+        ConsumerSpec.__post_init__(self)
+
+    @property
+    def source(self) -> str:
+        """Return the list."""
+        return self.list
+
+    def clashes_with(self, other: ConsumerSpec) -> str | None:
+        """Two handlers on one list would each see only part of its items."""
+        if isinstance(other, ListConsumerSpec) and other.list == self.list:
+            return f"list {self.list!r} already has a consumer: {other.path}."
+        return ConsumerSpec.clashes_with(self, other)
 
 
 class ConsumerRegistry:
-    """The set of registered consumers, keyed by handler path.
+    """The set of registered consumers of every kind, keyed by handler path.
 
-    Registering the same path again replaces the spec (a re-imported module); a second
-    handler for the same stream and group, or under the same name, is an error: two
-    handlers in one group would each see only part of the stream.
+    Registering the same path again replaces the spec (a re-imported module); a spec that
+    clashes with another (two handlers in one stream group or on one list would each see
+    only part of it; two consumers with one name could not be told apart) is an error.
     """
 
     def __init__(self) -> None:
-        self._specs: dict[str, StreamConsumerSpec] = {}
+        self._specs: dict[str, ConsumerSpec] = {}
 
-    def register(self, spec: StreamConsumerSpec) -> None:
+    def register(self, spec: ConsumerSpec) -> None:
         """Add ``spec``; raise ``ConsumerDefinitionError`` when it clashes with another."""
         path = spec.path
         for other in self._specs.values():
-            if other.path == path:
-                continue
-            if (other.stream, other.group) == (spec.stream, spec.group):
-                raise ConsumerDefinitionError(
-                    path,
-                    f"stream {spec.stream!r} already has a consumer in group {spec.group!r}: "
-                    f"{other.path}. Give one of them another group.",
-                )
-            if other.name == spec.name:
-                raise ConsumerDefinitionError(
-                    path, f"the name {spec.name!r} is already used by {other.path}."
-                )
+            if other.path != path and (why := spec.clashes_with(other)):
+                raise ConsumerDefinitionError(path, why)
         self._specs[path] = spec
+
+    def _decorator(
+        self, make: Callable[[Callable[..., Any], str], ConsumerSpec], name: str | None
+    ) -> Callable[[F], F]:
+        """Return a decorator that registers ``make(func, name)`` and returns ``func``."""
+
+        def decorate(func: F) -> F:
+            self.register(make(func, getattr(func, "__name__", "") if name is None else name))
+            return func
+
+        return decorate
 
     def stream_consumer(
         self,
@@ -138,29 +293,66 @@ class ConsumerRegistry:
         batch_size: int | None = None,
         concurrency: int | None = None,
         start: str = "0",
+        output: str | None = None,
     ) -> Callable[[F], F]:
-        """Return a decorator registering a handler here (see :func:`stream_consumer`)."""
-
-        def decorator(func: F) -> F:
-            spec = StreamConsumerSpec(
+        """Return a decorator registering a stream consumer here (see :func:`stream_consumer`)."""
+        return self._decorator(
+            lambda func, name: StreamConsumerSpec(
                 func=func,
+                name=name,
                 stream=stream,
                 group=group,
-                name=getattr(func, "__name__", "") if name is None else name,
                 batch_size=batch_size,
                 concurrency=concurrency,
                 start=start,
-            )
-            self.register(spec)
-            return func
+                output=output,
+            ),
+            name,
+        )
 
-        return decorator
+    def channel_consumer(
+        self,
+        pattern: str,
+        *,
+        name: str | None = None,
+        concurrency: int | None = None,
+        output: str | None = None,
+    ) -> Callable[[F], F]:
+        """Return a decorator registering a channel consumer (see :func:`channel_consumer`)."""
+        return self._decorator(
+            lambda func, name: ChannelConsumerSpec(
+                func=func, name=name, pattern=pattern, concurrency=concurrency, output=output
+            ),
+            name,
+        )
 
-    def all(self) -> list[StreamConsumerSpec]:
+    def list_consumer(
+        self,
+        list_name: str,
+        *,
+        name: str | None = None,
+        batch_size: int | None = None,
+        concurrency: int | None = None,
+        output: str | None = None,
+    ) -> Callable[[F], F]:
+        """Return a decorator registering a list consumer here (see :func:`list_consumer`)."""
+        return self._decorator(
+            lambda func, name: ListConsumerSpec(
+                func=func,
+                name=name,
+                list=list_name,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                output=output,
+            ),
+            name,
+        )
+
+    def all(self) -> list[ConsumerSpec]:
         """Return every registered spec, in registration order."""
         return list(self._specs.values())
 
-    def select(self, selectors: Iterable[str]) -> list[StreamConsumerSpec]:
+    def select(self, selectors: Iterable[str]) -> list[ConsumerSpec]:
         """Return the specs named by ``selectors`` (all when empty).
 
         Raises ``LookupError`` naming a selector that matches nothing, with the choices.
@@ -168,17 +360,24 @@ class ConsumerRegistry:
         selectors = list(selectors)
         if not selectors:
             return self.all()
-        chosen: list[StreamConsumerSpec] = []
+        chosen: list[ConsumerSpec] = []
         for selector in selectors:
             found = [spec for spec in self._specs.values() if spec.matches(selector)]
             if not found:
-                known = ", ".join(f"{s.name} ({s.stream}:{s.group})" for s in self.all())
+                known = ", ".join(describe_spec(s) for s in self.all())
                 raise LookupError(f"No consumer is called {selector!r}. Known: {known or 'none'}.")
             chosen.extend(spec for spec in found if spec not in chosen)
         return chosen
 
 
-#: The process-wide registry ``@stream_consumer`` writes to.
+def describe_spec(spec: ConsumerSpec) -> str:
+    """Return ``name (what it reads)``, as the command lists consumers."""
+    if isinstance(spec, StreamConsumerSpec):
+        return f"{spec.name} ({spec.stream}:{spec.group})"
+    return f"{spec.name} ({spec.kind} {spec.source})"
+
+
+#: The process-wide registry the decorators write to.
 registry = ConsumerRegistry()
 
 
@@ -190,13 +389,16 @@ def stream_consumer(
     batch_size: int | None = None,
     concurrency: int | None = None,
     start: str = "0",
+    output: str | None = None,
 ) -> Callable[[F], F]:
     """Register a sync or async function as the consumer of ``stream`` in ``group``.
 
     The function is returned unchanged. ``name`` (default: the function's name) selects it
     on the ``runconsumers`` command line; ``batch_size`` and ``concurrency`` override the
     ``CONSUMERS`` settings for this consumer; ``start`` is where a new group begins
-    (``"0"``: events published before the first start are processed too).
+    (``"0"``: events published before the first start are processed too); ``output``
+    names a stream each non-None return value is appended to, in the same atomic step
+    as the input's ack.
     """
     return registry.stream_consumer(
         stream,
@@ -205,10 +407,47 @@ def stream_consumer(
         batch_size=batch_size,
         concurrency=concurrency,
         start=start,
+        output=output,
     )
 
 
-def autodiscover() -> list[StreamConsumerSpec]:
+def channel_consumer(
+    pattern: str,
+    *,
+    name: str | None = None,
+    concurrency: int | None = None,
+    output: str | None = None,
+) -> Callable[[F], F]:
+    """Register a sync or async function as a consumer of Pub/Sub channel ``pattern``.
+
+    A plain name subscribes to that channel; ``*``/``?`` globs and ``{name}`` parts
+    subscribe to a pattern, and each ``{name}`` part's text is passed to the handler as
+    a keyword argument: ``@channel_consumer("prices.{symbol}")`` calls
+    ``handler(message, symbol="ABC")`` for ``prices.ABC``. At-most-once, as Pub/Sub is.
+    """
+    return registry.channel_consumer(pattern, name=name, concurrency=concurrency, output=output)
+
+
+def list_consumer(
+    list_name: str,
+    *,
+    name: str | None = None,
+    batch_size: int | None = None,
+    concurrency: int | None = None,
+    output: str | None = None,
+) -> Callable[[F], F]:
+    """Register a sync or async function as the consumer of the Redis list ``list_name``.
+
+    At-least-once: each item is moved atomically to this worker's processing list and
+    removed when the handler returns; retries, dead letters and a dead worker's items
+    work as for streams (see the README).
+    """
+    return registry.list_consumer(
+        list_name, name=name, batch_size=batch_size, concurrency=concurrency, output=output
+    )
+
+
+def autodiscover() -> list[ConsumerSpec]:
     """Import ``<app>.consumers`` of every installed app; return all registered specs."""
     autodiscover_modules("consumers")
     return registry.all()

@@ -34,8 +34,11 @@ from ..connection import (
 )
 from ..heartbeat import Heartbeat
 from . import policy, registry
-from .registry import StreamConsumerSpec
+from .channels import ChannelSubscriber, ChannelWorker
+from .lists import ListWorker
+from .registry import ChannelConsumerSpec, ConsumerSpec, ListConsumerSpec, StreamConsumerSpec
 from .streams import GroupWorker
+from .worker import ConsumerWorker
 
 logger = logging.getLogger("redis_broker.consumers")
 
@@ -56,12 +59,14 @@ class ConsumerRunner:
     """
 
     worker_class = GroupWorker
+    list_worker_class = ListWorker
+    channel_worker_class = ChannelWorker
 
     def __init__(
         self,
         selectors: Sequence[str] = (),
         *,
-        specs: Sequence[StreamConsumerSpec] | None = None,
+        specs: Sequence[ConsumerSpec] | None = None,
         concurrency: int | None = None,
         consumer_name: str | None = None,
         burst: bool = False,
@@ -81,15 +86,17 @@ class ConsumerRunner:
         self.relay_outbox = relay_outbox
         self.echo = echo or _print
         self.config = config
-        self.workers: list[GroupWorker] = []
+        self.workers: list[ConsumerWorker] = []
         self.heartbeat: Heartbeat | None = None
+        self.subscriber: ChannelSubscriber | None = None
+        self._subscription: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._cold: asyncio.Event | None = None
 
     # -- entry points ------------------------------------------------------------------
 
-    def select(self) -> list[StreamConsumerSpec]:
+    def select(self) -> list[ConsumerSpec]:
         """Discover ``<app>.consumers`` modules and return the selected specs.
 
         Raises ``ConsumerDefinitionError`` for a bad ``@stream_consumer`` and
@@ -123,7 +130,7 @@ class ConsumerRunner:
 
     # -- the loop ----------------------------------------------------------------------
 
-    async def arun(self, specs: Sequence[StreamConsumerSpec]) -> int:
+    async def arun(self, specs: Sequence[ConsumerSpec]) -> int:
         """Run ``specs`` on the current event loop; return the exit status."""
         config = self.config or get_config()
         self._loop = asyncio.get_running_loop()
@@ -131,16 +138,7 @@ class ConsumerRunner:
         self._cold = asyncio.Event()
         client = get_async_redis()
         try:
-            self.workers = [
-                self.worker_class(
-                    spec,
-                    config=config,
-                    consumer=self.consumer_name,
-                    concurrency=self.concurrency,
-                    burst=self.burst,
-                )
-                for spec in specs
-            ]
+            self.workers = [self._worker_for(spec, config) for spec in specs]
             self.heartbeat = Heartbeat(
                 client,
                 prefix=config.key_prefix,
@@ -167,27 +165,66 @@ class ConsumerRunner:
         when another live process runs under the same consumer name. The name's claim
         rides in the same round trip as the PING.
         """
-        assert self.heartbeat is not None
+        assert self.heartbeat is not None and self._stop is not None
         try:
             await self.heartbeat.claim()
             for worker in self.workers:
-                await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
+                if isinstance(worker, GroupWorker):
+                    await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
+            channel_workers = [w for w in self.workers if isinstance(w, ChannelWorker)]
+            if channel_workers:
+                await self._subscribe(channel_workers, config)
         except CONNECTION_ERRORS as exc:
             raise unavailable(exc, config.url) from exc
+
+    def _worker_for(self, spec: ConsumerSpec, config: BrokerConfig) -> ConsumerWorker:
+        """Return the worker of ``spec``'s kind."""
+        options: dict[str, Any] = {"concurrency": self.concurrency, "burst": self.burst}
+        if isinstance(spec, StreamConsumerSpec):
+            return self.worker_class(spec, config=config, consumer=self.consumer_name, **options)
+        if isinstance(spec, ListConsumerSpec):
+            return self.list_worker_class(
+                spec, config=config, consumer=self.consumer_name, **options
+            )
+        if isinstance(spec, ChannelConsumerSpec):
+            return self.channel_worker_class(spec, config=config, **options)
+        raise TypeError(f"{spec.path}: no worker runs {type(spec).__name__}")
+
+    async def _subscribe(self, workers: list[ChannelWorker], config: BrokerConfig) -> None:
+        """Start the process's Pub/Sub connection; return once Redis confirmed it."""
+        assert self._stop is not None
+        self.subscriber = ChannelSubscriber(config, workers)
+        self._subscription = asyncio.create_task(self.subscriber.run(self._stop), name="pubsub")
+        waited = asyncio.create_task(self.subscriber.subscribed.wait())
+        done, _ = await asyncio.wait(
+            {waited, self._subscription},
+            timeout=config.socket_connect_timeout + config.socket_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if waited not in done:
+            waited.cancel()
+            raise TimeoutError("the channel consumers' subscriptions were not confirmed")
 
     def _announce(self) -> None:
         if not self.workers:
             self.echo(
-                "No stream consumers are registered (add @stream_consumer to <app>/consumers.py)."
+                "No consumers are registered (add @stream_consumer, @channel_consumer or "
+                "@list_consumer to <app>/consumers.py)."
             )
             return
         self.echo(f"Running {len(self.workers)} consumer(s) as {self.consumer_name}:")
         for w in self.workers:
             kind = "async" if w.spec.is_async else "sync"
+            if isinstance(w, GroupWorker):
+                what = f"stream={w.spec.stream} group={w.group} consumer={w.consumer}"
+                size = f"batch {w.batch_size}, "
+            elif isinstance(w, ListWorker):
+                what, size = f"list={w.list} consumer={w.consumer}", f"batch {w.batch_size}, "
+            else:
+                what, size = f"channel={w.spec.source}", ""
+            output = f" output={w.spec.output}" if w.spec.output else ""
             self.echo(
-                f"  {w.spec.path}  stream={w.spec.stream} group={w.group} "
-                f"consumer={w.consumer} ({kind}, batch {w.batch_size}, "
-                f"concurrency {w.concurrency})"
+                f"  {w.spec.path}  {what}{output} ({kind}, {size}concurrency {w.concurrency})"
             )
 
     async def _supervise(
@@ -196,6 +233,7 @@ class ConsumerRunner:
         assert self._cold is not None
         settings = config.consumers
         background: list[asyncio.Task[None]] = [
+            *([self._subscription] if self._subscription is not None else []),
             asyncio.create_task(self._report(settings.status_interval, stop), name="status"),
             asyncio.create_task(self._keep_alive(settings.heartbeat_interval, stop), name="beat"),
             asyncio.create_task(self._watch(settings.slow_call_warning, stop), name="watch"),

@@ -38,6 +38,8 @@ class GroupWorker(ConsumerWorker):
     overrides ``CONSUMERS["CONCURRENCY"]``.
     """
 
+    spec: StreamConsumerSpec
+
     def __init__(
         self,
         spec: StreamConsumerSpec,
@@ -56,6 +58,7 @@ class GroupWorker(ConsumerWorker):
             ),
             block_ms=settings.block_ms,
             burst=burst,
+            output_key=prefixed(config.key_prefix, spec.output) if spec.output else None,
         )
         self.key = prefixed(config.key_prefix, spec.stream)
         self.dead_letter_key = prefixed(
@@ -157,6 +160,9 @@ class GroupWorker(ConsumerWorker):
         wait for the read to return.
         """
         assert self.client is not None and self.lanes is not None
+        # Outputs go in a script on another pooled connection, at the same time as the
+        # read: their round trip overlaps it (bench/subscribers.py, outputs).
+        flush = asyncio.ensure_future(self._flush_outputs()) if self._outputs else None
         self._blocked = self.lanes.watched = block is not None
         try:
             if acks:
@@ -173,6 +179,8 @@ class GroupWorker(ConsumerWorker):
             raise
         finally:
             self._blocked = self.lanes.watched = False
+            if flush is not None:
+                await flush
         return cast(Any, reply)[0][1] if reply else []
 
     async def _read_new(self) -> bool:
@@ -207,11 +215,21 @@ class GroupWorker(ConsumerWorker):
         return True
 
     async def _reclaim(self, now: float) -> bool:
-        """Take entries other consumers left pending longer than CLAIM_IDLE_MS."""
+        """Take entries other consumers left pending longer than CLAIM_IDLE_MS.
+
+        First renew our claim on the entries we hold, so that neither we nor another
+        worker takes a call that is still running here.
+        """
         assert self.client is not None
         # Handled entries whose acks still wait for the next read look abandoned after
         # a call that took longer than CLAIM_IDLE_MS: ack them first.
         await self._flush_acks()
+        if self._in_flight and self.lanes is not None and self._claim_cursor == b"0-0":
+            held = list(self.lanes.holding())
+            if held:
+                await policy.renew(
+                    self.client, key=self.key, group=self.group, consumer=self.consumer, ids=held
+                )
         cursor, entries, deleted = await policy.reclaim(
             self.client,
             key=self.key,
@@ -331,6 +349,7 @@ class GroupWorker(ConsumerWorker):
 
     async def _flush_acks(self) -> None:
         assert self.client is not None
+        await self._flush_outputs()
         if self._acks:
             acks, self._acks = self._acks, []
             try:
@@ -338,6 +357,25 @@ class GroupWorker(ConsumerWorker):
             except BaseException:
                 self._acks[:0] = acks
                 raise
+
+    async def _flush_outputs(self) -> None:
+        """Ack the entries that have an output and append the outputs, in one atomic step."""
+        if not self._outputs:
+            return
+        assert self.client is not None and self.output_key is not None
+        outputs, self._outputs = self._outputs, {}
+        try:
+            await policy.ack_and_append(
+                self.client,
+                key=self.key,
+                group=self.group,
+                output_key=self.output_key,
+                outputs=outputs,
+                maxlen=self.maxlen,
+            )
+        except BaseException:
+            self._outputs.update(outputs)
+            raise
 
     async def pending(self) -> int:
         """Return how many entries of this group are pending (all its consumers)."""
@@ -347,4 +385,8 @@ class GroupWorker(ConsumerWorker):
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""
-        return {**super().describe_for_heartbeat(), "group": self.group}
+        return {
+            **super().describe_for_heartbeat(),
+            "stream": self.spec.stream,
+            "group": self.group,
+        }

@@ -19,19 +19,20 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
 
+from .. import wire
 from ..backoff import Backoff, wait_or_stop
 from ..connection import CONNECTION_ERRORS, REDIS_ERRORS
 from ..exceptions import ConsumerGroupMissing, Reject
 from . import policy
 from .execution import Failure, Lanes, lanes_for
 from .message import StreamMessage
-from .registry import StreamConsumerSpec
+from .registry import ConsumerSpec
 
 logger = logging.getLogger("redis_broker.consumers")
 
@@ -69,14 +70,17 @@ class ConsumerWorker:
 
     def __init__(
         self,
-        spec: StreamConsumerSpec,
+        spec: ConsumerSpec,
         *,
         concurrency: int,
         retry: policy.RetryPolicy,
         block_ms: int,
         burst: bool,
+        output_key: str | None = None,
     ) -> None:
         self.spec = spec
+        self.handler: Callable[[StreamMessage], Any] = spec.func
+        self.output_key = output_key
         self.concurrency = concurrency
         self.retry = retry
         self.block_ms = block_ms
@@ -86,6 +90,7 @@ class ConsumerWorker:
         self.client: redis.asyncio.Redis | None = None
         self.lanes: Lanes[StreamMessage] | None = None
         self._acks: list[bytes] = []
+        self._outputs: dict[bytes, wire.OutputParts] = {}  # entry id -> its output
         self._failures: list[Failure[StreamMessage]] = []
         self._in_flight = 0  # entries handed to the lanes whose outcome is not collected
         self._retries = policy.RetrySchedule()
@@ -107,7 +112,7 @@ class ConsumerWorker:
         self.client = client
         self._progress = asyncio.Event()
         self.lanes = lanes_for(
-            self.spec.func,
+            self.handler,
             is_async=self.is_async,
             limit=self.concurrency,
             notify=self._notify,
@@ -238,11 +243,35 @@ class ConsumerWorker:
         assert self.lanes is not None
         if not self.lanes.has_outcomes():
             return
-        done, _results, failed = self.lanes.collect()
+        done, results, failed = self.lanes.collect()
+        self._in_flight -= len(done) + len(failed)
+        handled = len(done)
+        if results and self.output_key is not None:
+            # An entry with an output is acked only together with its output's append
+            # (``_outputs``), never by a plain ack: the two must be one atomic step.
+            refused = self._encode_outputs(results)
+            done = [entry_id for entry_id in done if entry_id not in results]
+            failed += refused
+            handled -= len(refused)
         self._acks += done
         self._failures += failed
-        self._in_flight -= len(done) + len(failed)
-        self.stats.processed += len(done)
+        self.stats.processed += handled
+
+    def _encode_outputs(
+        self, results: dict[bytes, tuple[StreamMessage, Any]]
+    ) -> list[Failure[StreamMessage]]:
+        """Encode each return value as an ``output=`` entry; return the ones that cannot be.
+
+        The entry carries the input's event id in its headers, so it can be traced back.
+        A value that cannot be encoded is the handler's failure, retried like a raise.
+        """
+        refused: list[Failure[StreamMessage]] = []
+        for entry_id, (message, result) in results.items():
+            try:
+                self._outputs[entry_id] = wire.encode_output(result, message.event_id)
+            except TypeError as exc:
+                refused.append((entry_id, message, exc))
+        return refused
 
     async def _settle_failures(self) -> None:
         failures, self._failures = self._failures, []
@@ -309,9 +338,9 @@ class ConsumerWorker:
         """Ack what was handled; on failure say so (those entries will be delivered again)."""
         if self.lanes is not None:
             self._collect()
-        if not self._acks or self.client is None:
+        if not (self._acks or self._outputs) or self.client is None:
             return
-        count = len(self._acks)
+        count = len(self._acks) + len(self._outputs)
         try:
             await asyncio.wait_for(self._flush_acks(), 2.0)
         except REDIS_ERRORS as exc:
@@ -353,4 +382,4 @@ class ConsumerWorker:
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""
-        return {"kind": "stream", "name": self.spec.name, "stream": self.spec.stream}
+        return {"kind": self.spec.kind, "name": self.spec.name}

@@ -180,3 +180,22 @@ def test_live_workers_lists_a_running_worker_and_forgets_it_after_it_stops(
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output
     assert "mailer-7" not in asyncio.run(names())
+
+
+def test_a_live_worker_keeps_its_slow_calls_from_other_workers(
+    redis_client: redis.Redis, start_worker: Callable[..., Worker]
+) -> None:
+    """Tests claim renewal: calls three times CLAIM_IDLE_MS long are handled once, not twice."""
+    first = start_worker("scripted", CLAIM_IDLE_MS=300)
+    first.wait_for_line("Running")
+    publish_many("test.orders", [{"n": n, "sleep_ms": 900} for n in range(3)])
+    wait_for(lambda: pending(redis_client, "test.orders") == 3, message="three slow calls")
+    second = start_worker("scripted", CLAIM_IDLE_MS=300)
+    second.wait_for_line("Running")
+    first.expect(lambda: redis_client.llen(HANDLED) == 3, "the three calls")
+    wait_for(lambda: pending(redis_client, "test.orders") == 0, message="the acks")
+    for event_id in published_ids(redis_client, "test.orders"):
+        assert redis_client.get(attempts_key(event_id)) == "1"
+    for worker in (first, second):
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.output

@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 
-from redis_broker import Reject, StreamMessage, stream_consumer
+from redis_broker import Reject, StreamMessage, channel_consumer, list_consumer, stream_consumer
 from redis_broker.connection import get_async_redis, get_redis
 
 from .models import Customer
@@ -68,3 +68,37 @@ def scripted_sync(message: StreamMessage) -> None:
         client.rpush(SPANS, f"{started} {time.time()}")
     _verdict(message, attempts)
     client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
+
+
+PRICES = "test:prices"
+JOBS = "test.jobs"
+BILLED = "test.billed"
+
+
+@channel_consumer("test.prices.{symbol}")
+async def on_price(message: StreamMessage, symbol: str) -> None:
+    """Record ``symbol`` and the event of each price message in ``test:prices``."""
+    await get_async_redis().rpush(PRICES, f"{symbol} {message.event_id} {message.stream}")
+
+
+@list_consumer(JOBS, batch_size=50)
+def run_job(message: StreamMessage) -> None:
+    """Handle ``test.jobs`` items as the payload says (sync, like ``scripted_sync``)."""
+    client = get_redis()
+    attempts = client.incr(attempts_key(message.event_id))
+    data = message.data if isinstance(message.data, dict) else {}
+    if sleep_ms := data.get("sleep_ms", 0):
+        time.sleep(sleep_ms / 1000)
+    _verdict(message, attempts)
+    client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
+
+
+@stream_consumer("test.billing", group="billing", output=BILLED)
+async def bill(message: StreamMessage) -> dict[str, object] | None:
+    """Return the bill of an order (appended to ``test.billed``), None for ``{"none": true}``."""
+    data = message.data if isinstance(message.data, dict) else {}
+    attempts = await get_async_redis().incr(attempts_key(message.event_id))
+    if sleep_ms := data.get("sleep_ms", 0):
+        await asyncio.sleep(sleep_ms / 1000)
+    _verdict(message, attempts)
+    return None if data.get("none") else {"order": data.get("n"), "pid": os.getpid()}
