@@ -303,3 +303,24 @@ def test_read_only_replica_raises_write_refused(
         pytest.raises(WriteRefused, match=r"read-only replica; point .* at the primary"),
     ):
         publish("orders", 1)
+
+
+def test_push_appends_one_json_element_in_the_documented_format(redis_client: redis.Redis) -> None:
+    """Tests ``push()``: RPUSH of the Pub/Sub object plus headers; returns the length."""
+    from redis_broker import push
+
+    assert push("jobs", {"n": 1}, type="job.run", headers={"trace": "t"}) == 1
+    assert push("jobs", [2]) == 2
+    first, second = (json.loads(item) for item in redis_client.lrange("jobs", 0, -1))
+    assert set(first) == {"type", "data", "event_id", "published_at", "headers"}
+    assert (first["type"], first["data"], first["headers"]) == ("job.run", {"n": 1}, {"trace": "t"})
+    assert (second["data"], "headers" in second) == ([2], False)
+
+
+async def test_apush_is_the_async_twin_of_push(redis_client: redis.Redis) -> None:
+    """Tests ``apush()`` against the same list format."""
+    from redis_broker import apush
+
+    assert await apush("jobs", "text", type="t") == 1
+    element = json.loads(redis_client.lindex("jobs", 0) or "{}")
+    assert (element["data"], element["type"]) == ("text", "t")

@@ -125,3 +125,67 @@ def test_autodiscover_imports_consumers_modules_of_installed_apps() -> None:
     paths = {spec.path for spec in autodiscover()}
     assert "tests.testapp.consumers.scripted" in paths
     assert "tests.testapp.consumers.scripted_sync" in paths
+
+
+def test_channel_consumer_reads_its_pattern_and_its_parameters() -> None:
+    """Tests ``{name}`` parts: PSUBSCRIBEd as ``*`` and named as the handler's keywords."""
+    registry = ConsumerRegistry()
+
+    def on_price(message: StreamMessage, symbol: str, venue: str) -> None:
+        """A handler taking two parameters."""
+
+    registry.channel_consumer("prices.{venue}.{symbol}")(on_price)
+    registry.channel_consumer("audit.*", name="audit")(handler)
+    registry.channel_consumer("news", name="news")(ahandler)
+    prices, audit, news = registry.all()
+    assert (prices.subscription, prices.is_pattern, prices.keywords()) == (
+        "prices.*.*",
+        True,
+        ("venue", "symbol"),
+    )
+    assert (audit.subscription, audit.is_pattern) == ("audit.*", True)
+    assert (news.subscription, news.is_pattern) == ("news", False)
+    assert registry.select(["prices.{venue}.{symbol}"]) == [prices]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("prices.{symbol}", "keyword arguments symbol"),
+        ("bad pattern", "not a channel name or pattern"),
+        ("a.{x}.{x}", "repeats a name"),
+    ],
+)
+def test_channel_consumer_mistakes_are_errors_naming_the_handler(pattern: str, why: str) -> None:
+    """Tests that a bad pattern, or a handler missing a parameter, fails at import."""
+    with pytest.raises(ConsumerDefinitionError, match=why) as raised:
+        ConsumerRegistry().channel_consumer(pattern)(handler)
+    assert f"{__name__}.handler" in str(raised.value)
+
+
+def test_two_consumers_of_one_list_are_an_error_naming_both() -> None:
+    """Tests that a list has one consumer: two would each see part of its items."""
+    registry = ConsumerRegistry()
+    registry.list_consumer("jobs", output="done")(handler)
+    with pytest.raises(ConsumerDefinitionError, match="already has a consumer") as raised:
+        registry.list_consumer("jobs")(ahandler)
+    assert f"{__name__}.handler" in str(raised.value)
+    (spec,) = registry.all()
+    assert (spec.kind, spec.list, spec.output) == ("list", "jobs", "done")
+    assert registry.select(["jobs"]) == [spec]
+
+
+def test_an_invalid_output_name_is_an_error() -> None:
+    """Tests that ``output=`` is validated like a stream name."""
+    with pytest.raises(ConsumerDefinitionError, match="output 'no spaces' is not a valid"):
+        ConsumerRegistry().stream_consumer("orders", group="g", output="no spaces")(handler)
+
+
+def test_decorators_are_exported_from_the_package() -> None:
+    """Tests the contract's names: channel_consumer, list_consumer, push and apush."""
+    from redis_broker.consumers import registry
+    from redis_broker.publishing import apush, push
+
+    assert redis_broker.channel_consumer is registry.channel_consumer
+    assert redis_broker.list_consumer is registry.list_consumer
+    assert (redis_broker.push, redis_broker.apush) == (push, apush)
