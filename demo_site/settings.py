@@ -80,6 +80,11 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
+# runconsumers sends the demo's e-mails (demo_site/demo/consumers.py); this backend keeps
+# them in the database, where /emails/ shows them.
+EMAIL_BACKEND = "demo_site.demo.mail.OutboxBackend"
+DEFAULT_FROM_EMAIL = "demo@example.com"
+
 # The browser relay's control messages (disconnect_user) travel over the Channels layer.
 # The Pub/Sub layer keeps one Redis connection per process however many sockets are open;
 # the core layer's pool grows with concurrent group_add calls (one per socket).
@@ -99,9 +104,11 @@ REDIS_BROKER = {
     "MODEL_EVENTS": {
         "demo.Ticket": {"stream": "demo.tickets", "fields": ["owner", "title", "status"]},
     },
+    # Chat pages publish on chat.<room> and announce themselves on presence.<room>; only
+    # the server broadcasts on online.<room> (who is there), so pages may not publish there.
     "WEBSOCKET": {
-        "PUBLIC_CHANNELS": ["chat.*"],
-        "BROWSER_PUBLISH_CHANNELS": ["chat.*"],
+        "PUBLIC_CHANNELS": ["chat.*", "online.*"],
+        "BROWSER_PUBLISH_CHANNELS": ["chat.*", "presence.*"],
         "DURABLE_CHANNELS": ["user.*"],
     },
 }

@@ -13,6 +13,7 @@ urlpatterns = [
     path("tickets/", views.tickets, name="tickets"),
     path("tickets/new/", views.create_ticket, name="create_ticket"),
     path("tickets/<int:pk>/", views.update_ticket, name="update_ticket"),
+    path("emails/", views.emails, name="emails"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -26,6 +26,7 @@ from django.urls import URLPattern, reverse
 
 from . import wire
 from .inspector import views
+from .inspector.actions import LIST_OBJECT_ID
 from .inspector.urls import get_admin_urlpatterns
 from .models import Broker, OutboxEvent
 
@@ -33,7 +34,7 @@ __all__ = ["BrokerAdmin", "OutboxEventAdmin"]
 
 
 class BrokerAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """The Redis broker inspector: streams, groups, pending entries, dead letters, Pub/Sub.
+    """The Redis broker inspector: streams, groups, pending entries, dead letters, lists, Pub/Sub.
 
     Reading needs ``redis_broker.view_broker`` (or ``change_broker``); actions need
     ``redis_broker.change_broker``. Superusers have both.
@@ -64,11 +65,19 @@ class BrokerAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        """Redirect to the stream's page: admin log entries link here with the stream name."""
+        """Redirect to the stream's page: admin log entries link here with the stream name.
+
+        An action on a list is logged as ``lists/<name>`` and leads to the lists page.
+        """
+        name = unquote(object_id)
+        if name.startswith(LIST_OBJECT_ID):
+            return HttpResponseRedirect(
+                reverse("admin:redis_broker_lists", current_app=self.admin_site.name)
+            )
         return HttpResponseRedirect(
             reverse(
                 "admin:redis_broker_stream",
-                kwargs={"stream": unquote(object_id)},
+                kwargs={"stream": name},
                 current_app=self.admin_site.name,
             )
         )

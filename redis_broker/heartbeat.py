@@ -72,8 +72,8 @@ class WorkerInfo:
     oldest_call_s: float | None
 
 
-def _decode_info(raw: Any) -> WorkerInfo | None:
-    """Return the info of a heartbeat, or None when it is not one of ours."""
+def decode_info(raw: Any) -> WorkerInfo | None:
+    """Return the info of a heartbeat (its ``info`` field), or None when it is not ours."""
     try:
         value = loads(raw, what="heartbeat")
         return WorkerInfo(
@@ -151,7 +151,7 @@ class Heartbeat:
         if holder is None:
             self.held = True
             return
-        first = _decode_info(holder)
+        first = decode_info(holder)
         deadline = time.monotonic() + self.ttl_ms / 1000 + self.interval
         while time.monotonic() < deadline:
             await asyncio.sleep(min(0.2, self.interval / 4))
@@ -159,7 +159,7 @@ class Heartbeat:
             if holder is None:
                 self.held = True
                 return  # the dead holder's claim expired
-            now = _decode_info(holder)
+            now = decode_info(holder)
             if first is None or now is None or now.beat_at != first.beat_at:
                 first = now
                 break  # it beat: alive
@@ -207,5 +207,5 @@ async def live_workers(client: redis.asyncio.Redis, prefix: str) -> list[WorkerI
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.hget(worker_key(prefix, reply_text(name)), "info")
-    found = [_decode_info(raw) for raw in await pipe.execute() if raw is not None]
+    found = [decode_info(raw) for raw in await pipe.execute() if raw is not None]
     return sorted((info for info in found if info is not None), key=lambda info: info.name)

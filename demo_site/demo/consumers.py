@@ -1,14 +1,34 @@
-"""The demo's stream consumer: ticket events become notifications in the owner's browser.
+"""The demo's consumers, one of each kind, run by ``manage.py runconsumers``.
 
-The path it shows: ``Ticket.save()`` -> ``demo.tickets`` stream (model events) ->
-``manage.py runconsumers`` -> ``broadcast("user.<owner>")`` -> the owner's open tabs.
+* ``notify`` (stream): ``Ticket.save()`` -> ``demo.tickets`` stream (model events) ->
+  ``broadcast("user.<owner>")`` -> the owner's open tabs.
+* ``track_presence`` (channel): chat pages announce themselves on ``presence.<room>``;
+  it keeps who is there and broadcasts the list on ``online.<room>``.
+* ``send_email`` (list): the tickets view ``push()``es an e-mail job to ``demo.emails``;
+  it sends the mail and rings the recipient's bell.
 """
 
+import re
+import time
 from typing import Any
 
-from redis_broker import broadcast, stream_consumer
+from django.contrib.auth import get_user_model
+from django.core.mail import send_mail
+
+from redis_broker import (
+    Reject,
+    broadcast,
+    channel_consumer,
+    get_redis,
+    list_consumer,
+    stream_consumer,
+)
+
+from .views import PRESENCE_HEARTBEAT, email_address
 
 STATUS_LABELS = {"open": "Open", "in_progress": "In progress", "resolved": "Resolved"}
+#: A page not heard from for this long has gone (it missed two heartbeats).
+PRESENCE_TIMEOUT = 3 * PRESENCE_HEARTBEAT
 
 
 @stream_consumer("demo.tickets", group="notifier")
@@ -28,6 +48,64 @@ def notify(message: Any) -> None:
             "title": fields.get("title", ""),
             "status": fields.get("status"),
             "text": f"Ticket “{fields.get('title', '')}” {action}: {status}",
+        },
+        type="demo.notification",
+    )
+
+
+@channel_consumer("presence.{room}")
+def track_presence(message: Any, room: str) -> None:
+    """Record a chat page's join, heartbeat or leave; broadcast who is in ``room``.
+
+    A room is a sorted set of open pages (``<username>/<page id>``) scored by when each
+    was last heard from, so closing one of two tabs leaves the user online. The user is
+    read from ``message.type``, which the relay sets (``browser.user.<pk>``), never from
+    the data a page chose. Pub/Sub is at most once: a lost heartbeat costs nothing, the
+    next one comes soon, and a lost leave expires after ``PRESENCE_TIMEOUT``.
+    """
+    sender = re.fullmatch(r"browser\.user\.(\d+)", message.type)
+    if sender is None:
+        return  # not sent from a logged-in browser
+    users = get_user_model().objects.filter(pk=sender[1])
+    username = users.values_list("username", flat=True).first()
+    if username is None:
+        return
+    data = message.data if isinstance(message.data, dict) else {}
+    key, member = f"demo:online:{room}", f"{username}/{data.get('page', '')}"[:100]
+    now = time.time()
+    pipe = get_redis().pipeline()
+    if data.get("event") == "leave":
+        pipe.zrem(key, member)
+    else:
+        pipe.zadd(key, {member: now})
+    pipe.zremrangebyscore(key, "-inf", now - PRESENCE_TIMEOUT)
+    pipe.expire(key, PRESENCE_TIMEOUT)
+    pipe.zrange(key, 0, -1)
+    online = sorted({page.decode().split("/")[0] for page in pipe.execute()[-1]})
+    broadcast(f"online.{room}", {"users": online}, type="demo.online")
+
+
+@list_consumer("demo.emails")
+def send_email(message: Any) -> None:
+    """Send one queued e-mail; an exception retries it, then dead-letters it.
+
+    The job stays in this worker's processing list until the function returns; if the
+    worker dies mid-send, a live one puts the job back in the queue (at least once: a
+    mail may go out twice). Retries and ``demo.emails:dlq`` work as for streams;
+    ``Reject`` skips the retries for a job that can never succeed.
+    """
+    job = message.data
+    user = get_user_model().objects.filter(pk=job["user"]).first()
+    if user is None:
+        raise Reject(f"no user {job['user']!r}")
+    send_mail(job["subject"], job["body"], None, [email_address(user)])
+    broadcast(
+        f"user.{user.pk}",
+        {
+            "kind": "email",
+            "subject": job["subject"],
+            "body": job["body"],
+            "text": f"E-mail sent: {job['subject']}",
         },
         type="demo.notification",
     )

@@ -1,4 +1,4 @@
-"""The demo's model: a support ticket whose changes notify its owner in the browser."""
+"""The demo's models: a support ticket whose changes notify its owner, and the e-mails sent."""
 
 from django.conf import settings
 from django.db import models
@@ -24,3 +24,18 @@ class Ticket(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.title}"
+
+
+class SentEmail(models.Model):
+    """An e-mail the demo sent: its ``EMAIL_BACKEND`` (``mail.OutboxBackend``) keeps them here."""
+
+    to = models.CharField(max_length=254)
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    sent_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.subject} (to {self.to})"

@@ -1,16 +1,27 @@
-"""Views of the demo site: home, chat rooms and the user's tickets."""
+"""Views of the demo site: home, chat rooms, the user's tickets and the e-mails sent."""
 
 import re
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from .models import Ticket
+from redis_broker import push
+
+from .models import SentEmail, Ticket
 
 ROOMS = ["lobby", "random", "support"]
 ROOM_RE = re.compile(r"[a-z0-9_-]{1,50}")
+#: How often an open chat page says it is still there (seconds); see consumers.py.
+PRESENCE_HEARTBEAT = 10
+
+
+def email_address(user: Any) -> str:
+    """Return where the demo mails ``user`` (demo users have no address: make one up)."""
+    return str(user.email or f"{user.get_username()}@example.com")
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -23,7 +34,20 @@ def chat(request: HttpRequest, room: str) -> HttpResponse:
     """Show a chat room: messages travel over the relay on channel ``chat.<room>``."""
     if not ROOM_RE.fullmatch(room):
         raise Http404("No such room")
-    return render(request, "chat.html", {"room": room, "rooms": ROOMS, "channel": f"chat.{room}"})
+    return render(
+        request,
+        "chat.html",
+        {
+            "room": room,
+            "rooms": ROOMS,
+            "channel": f"chat.{room}",
+            "presence": {
+                "publish": f"presence.{room}",
+                "online": f"online.{room}",
+                "heartbeat_ms": PRESENCE_HEARTBEAT * 1000,
+            },
+        },
+    )
 
 
 @login_required
@@ -48,10 +72,29 @@ def create_ticket(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def update_ticket(request: HttpRequest, pk: int) -> HttpResponse:
-    """Change the status of one of the user's tickets (a model event follows the commit)."""
+    """Change the status of one of the user's tickets and queue an e-mail about it.
+
+    A model event follows the commit, and so does the e-mail job: ``push()`` appends it
+    to the ``demo.emails`` list, and ``runconsumers`` sends it, so the request never
+    waits for a mail server (and a failed send is retried, not lost).
+    """
     ticket = get_object_or_404(Ticket, pk=pk, owner=request.user)
     status = request.POST.get("status")
     if status in Ticket.Status.values:
         ticket.status = status
         ticket.save(update_fields=["status", "updated_at"])
+        job = {
+            "user": request.user.pk,
+            "subject": f"Ticket #{ticket.pk} is now {ticket.get_status_display()}",
+            "body": f"Your ticket “{ticket.title}” changed status: {ticket.get_status_display()}.",
+        }
+        transaction.on_commit(lambda: push("demo.emails", job, type="demo.email"))
     return redirect("tickets")
+
+
+@login_required
+def emails(request: HttpRequest) -> HttpResponse:
+    """List the e-mails the demo sent to the user (``send_email`` in consumers.py)."""
+    address = email_address(request.user)
+    sent = SentEmail.objects.filter(to=address)[:50]
+    return render(request, "emails.html", {"emails": sent, "address": address})

@@ -33,7 +33,6 @@ from ..connection import CONNECTION_ERRORS, build_async_client, explain, mask_ur
 from ..exceptions import MalformedEntry
 from ..naming import prefixed, unprefixed
 from ..publishing import trim_args
-from . import policy
 from .message import StreamMessage
 from .registry import PARAMETER_RE, ChannelConsumerSpec
 from .worker import ConsumerWorker
@@ -104,19 +103,10 @@ class ChannelWorker(ConsumerWorker):
         concurrency: int | None = None,
         burst: bool = False,
     ) -> None:
-        settings = config.consumers
-        super().__init__(
-            spec,
-            concurrency=concurrency or spec.concurrency or settings.concurrency,
-            retry=policy.RetryPolicy(1, 0, 0),  # at most once: never retried
-            block_ms=settings.block_ms,
-            burst=burst,
-            output_key=prefixed(config.key_prefix, spec.output) if spec.output else None,
-        )
+        super().__init__(spec, config=config, concurrency=concurrency, burst=burst)
         self.handler = with_parameters(spec)
         self.prefix = config.key_prefix
         self.subscription = prefixed(config.key_prefix, spec.subscription)
-        self.maxlen = config.stream_maxlen
         self.inbox: deque[tuple[str, bytes]] = deque()
         self.room = asyncio.Event()  # clear while the inbox is full
         self.room.set()
@@ -138,10 +128,7 @@ class ChannelWorker(ConsumerWorker):
     async def _step(self) -> bool:
         """Settle finished calls; hand out queued messages; else wait for either."""
         assert self.lanes is not None
-        self._progress.clear()
-        self._collect()
-        if self._failures:
-            await self._settle_failures()
+        await self._take_outcomes()
         if self._acks or self._outputs:
             await self._flush_acks()
         if not self.inbox or self.lanes.waiting() > DISPATCH_BATCH:
@@ -215,7 +202,12 @@ class ChannelWorker(ConsumerWorker):
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""
-        return {"kind": "channel", "name": self.spec.name, "pattern": self.spec.pattern}
+        return {
+            **super().describe_for_heartbeat(),
+            "pattern": self.spec.pattern,
+            "subscription": self.spec.subscription,
+            "is_pattern": self.spec.is_pattern,
+        }
 
 
 class ChannelSubscriber:

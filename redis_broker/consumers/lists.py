@@ -108,18 +108,9 @@ class ListWorker(ConsumerWorker):
         concurrency: int | None = None,
         burst: bool = False,
     ) -> None:
+        super().__init__(spec, config=config, concurrency=concurrency, burst=burst)
         settings = config.consumers
         prefix = config.key_prefix
-        super().__init__(
-            spec,
-            concurrency=concurrency or spec.concurrency or settings.concurrency,
-            retry=policy.RetryPolicy(
-                settings.max_deliveries, settings.retry_backoff_ms, settings.retry_backoff_max_ms
-            ),
-            block_ms=settings.block_ms,
-            burst=burst,
-            output_key=prefixed(prefix, spec.output) if spec.output else None,
-        )
         self.list = spec.list
         self.prefix = prefix
         self.consumer = consumer
@@ -131,7 +122,6 @@ class ListWorker(ConsumerWorker):
             prefix, dead_letter_name(spec.list, settings.dead_letter_suffix)
         )
         self.batch_size = spec.batch_size or settings.batch_size
-        self.maxlen = config.stream_maxlen
         # Look for dead workers' processing lists as often as streams look for idle entries.
         self.reap_interval = min(settings.claim_idle_ms / 2000, 5.0)
         self._items: dict[bytes, bytes] = {}  # lane id -> the item, until settled
@@ -163,10 +153,7 @@ class ListWorker(ConsumerWorker):
     async def _step(self) -> bool:
         """Do the most urgent piece of work; return False when there was nothing to do."""
         assert self.lanes is not None
-        self._progress.clear()
-        self._collect()
-        if self._failures:
-            await self._settle_failures()
+        if await self._take_outcomes():
             return True
         now = time.monotonic()
         due = self._retries.next_due()
@@ -363,4 +350,4 @@ class ListWorker(ConsumerWorker):
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""
-        return {"kind": "list", "name": self.spec.name, "list": self.list}
+        return {**super().describe_for_heartbeat(), "list": self.list}

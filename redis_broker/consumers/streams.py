@@ -49,17 +49,8 @@ class GroupWorker(ConsumerWorker):
         concurrency: int | None = None,
         burst: bool = False,
     ) -> None:
+        super().__init__(spec, config=config, concurrency=concurrency, burst=burst)
         settings = config.consumers
-        super().__init__(
-            spec,
-            concurrency=concurrency or spec.concurrency or settings.concurrency,
-            retry=policy.RetryPolicy(
-                settings.max_deliveries, settings.retry_backoff_ms, settings.retry_backoff_max_ms
-            ),
-            block_ms=settings.block_ms,
-            burst=burst,
-            output_key=prefixed(config.key_prefix, spec.output) if spec.output else None,
-        )
         self.key = prefixed(config.key_prefix, spec.stream)
         self.dead_letter_key = prefixed(
             config.key_prefix, dead_letter_name(spec.stream, settings.dead_letter_suffix)
@@ -73,7 +64,6 @@ class GroupWorker(ConsumerWorker):
         self.claim_interval = min(settings.claim_idle_ms / 2000, 5.0)
         if burst:
             self.claim_interval = min(self.claim_interval, BURST_POLL)
-        self.maxlen = config.stream_maxlen
         self._claim_at = 0.0
         self._claim_cursor = b"0-0"
         self._history: bytes | None = b"0"  # cursor in our own pending list; None: done
@@ -104,11 +94,8 @@ class GroupWorker(ConsumerWorker):
     async def _step(self) -> bool:
         """Do the most urgent piece of work; return False when there was nothing to do."""
         assert self.lanes is not None
-        self._progress.clear()  # outcomes from here on wake a wait below
-        self._collect()
         try:
-            if self._failures:
-                await self._settle_failures()
+            if await self._take_outcomes():
                 return True
             now = time.monotonic()
             due = self._retries.next_due()

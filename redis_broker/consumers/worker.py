@@ -27,8 +27,10 @@ import redis.asyncio
 
 from .. import wire
 from ..backoff import Backoff, wait_or_stop
+from ..conf import BrokerConfig
 from ..connection import CONNECTION_ERRORS, REDIS_ERRORS
 from ..exceptions import ConsumerGroupMissing, Reject
+from ..naming import prefixed
 from . import policy
 from .execution import Failure, Lanes, lanes_for
 from .message import StreamMessage
@@ -72,18 +74,21 @@ class ConsumerWorker:
         self,
         spec: ConsumerSpec,
         *,
-        concurrency: int,
-        retry: policy.RetryPolicy,
-        block_ms: int,
-        burst: bool,
-        output_key: str | None = None,
+        config: BrokerConfig,
+        concurrency: int | None = None,
+        burst: bool = False,
     ) -> None:
+        settings = config.consumers
         self.spec = spec
         self.handler: Callable[[StreamMessage], Any] = spec.func
-        self.output_key = output_key
-        self.concurrency = concurrency
-        self.retry = retry
-        self.block_ms = block_ms
+        self.output_key = prefixed(config.key_prefix, spec.output) if spec.output else None
+        # The command's --concurrency overrides the decorator's, which overrides the setting.
+        self.concurrency = concurrency or spec.concurrency or settings.concurrency
+        self.retry = policy.RetryPolicy(
+            settings.max_deliveries, settings.retry_backoff_ms, settings.retry_backoff_max_ms
+        )
+        self.block_ms = settings.block_ms
+        self.maxlen = config.stream_maxlen
         self.burst = burst
         self.is_async = spec.is_async
         self.stats = ConsumerStats()
@@ -181,6 +186,18 @@ class ConsumerWorker:
 
     async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
         raise NotImplementedError
+
+    async def _take_outcomes(self) -> bool:
+        """Begin a step: collect the lanes' outcomes and settle the failures among them.
+
+        Returns True when there were failures to settle (the step's work).
+        """
+        self._progress.clear()  # outcomes from here on wake a wait of this step
+        self._collect()
+        if not self._failures:
+            return False
+        await self._settle_failures()
+        return True
 
     def _busy(self) -> bool:
         """Return True while calls run or wait, or outcomes wait to be settled."""

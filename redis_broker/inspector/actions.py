@@ -30,7 +30,14 @@ from ..conf import BrokerConfig, get_config
 from ..connection import get_redis
 from ..exceptions import MalformedEntry
 from ..models import Broker
-from ..naming import dead_letter_name, dead_letter_source, prefixed, unprefixed
+from ..naming import (
+    dead_letter_name,
+    dead_letter_source,
+    list_consumers_name,
+    prefixed,
+    processing_list_name,
+    unprefixed,
+)
 from ..publishing import trim_args
 from . import queries
 from .forms import ClaimForm, ConfirmForm, CreateGroupForm, EntryIdsForm, TrimForm
@@ -39,6 +46,7 @@ from .pages import (
     InspectorAdmin,
     admin_url,
     inspector_view,
+    list_crumbs,
     pending_crumbs,
     render,
     stream_crumbs,
@@ -70,9 +78,13 @@ def claim_entries(
 class RequeueResult:
     """What a requeue did: new ids per original stream, and what it could not do."""
 
-    requeued: list[tuple[str, str, str]]  # (dead-letter id, stream name, new id)
+    requeued: list[tuple[str, str, str]]  # (dead-letter id, stream or list name, new id)
     missing: list[str]  # ids no longer in the dead-letter stream
     failed: list[tuple[str, str]]  # (dead-letter id, reason); left in the dead-letter stream
+
+
+#: What ``RequeueResult.requeued`` gives as the new id of an item pushed back to a list.
+LIST_TAIL = "(end of the list)"
 
 
 def requeue_entries(
@@ -82,16 +94,17 @@ def requeue_entries(
 
     Each entry gets a new id in its ``original_stream`` (the consumer's ``stream`` when
     the field is missing) with its original fields, ``event_id`` included
-    (``wire.requeue_fields``). An entry is deleted from the dead-letter stream only once
-    its copy was appended, so a failure can duplicate an event (same ``event_id``) but
-    never lose one.
+    (``wire.requeue_fields``). A list consumer's dead letter goes back to the end of its
+    list instead (``RPUSH``, as ``push()`` adds), as the element it was, same ``event_id``.
+    An entry is deleted from the dead-letter stream only once its copy was appended, so
+    a failure can duplicate an event (same ``event_id``) but never lose one.
     """
     prefix = config.key_prefix
     dlq_key = prefixed(prefix, dead_letter_name(stream, config.consumers.dead_letter_suffix))
     read = client.pipeline(transaction=False)
     for entry_id in ids:
         read.xrange(dlq_key, min=entry_id, max=entry_id, count=1)
-    plans: list[tuple[str, str, dict[str, str]]] = []
+    plans: list[tuple[str, str, dict[str, str], bool]] = []
     missing: list[str] = []
     failed: list[tuple[str, str]] = []
     for entry_id, rows in zip(ids, read.execute(), strict=True):
@@ -105,24 +118,100 @@ def requeue_entries(
             continue
         # Accept the field with or without KEY_PREFIX: it names a stream of this prefix.
         target = unprefixed(prefix, fields.get(wire.ORIGINAL_STREAM) or stream)
-        plans.append((entry_id, target, wire.requeue_fields(fields)))
+        # A list item has no entry id: list consumers dead-letter with original_id "".
+        from_list = not fields.get(wire.ORIGINAL_ID)
+        plans.append((entry_id, target, wire.requeue_fields(fields), from_list))
+    lists = _list_targets(client, prefix, plans)
     # Not publishing.publish_encoded: it raises on the first refused XADD, and a requeue
     # must report each entry and remove from the dead letters exactly those appended.
     xadd_args = trim_args(config.stream_maxlen)
     write = client.pipeline(transaction=False)
-    for _entry_id, target, fields in plans:
-        write.xadd(prefixed(prefix, target), dict(fields), **xadd_args)  # type: ignore[arg-type]
+    written: list[tuple[str, str]] = []
+    for entry_id, target, fields, _from_list in plans:
+        key = prefixed(prefix, target)
+        if target in lists:
+            try:
+                write.rpush(key, _list_element(fields))
+            except (MalformedEntry, TypeError) as exc:
+                failed.append((entry_id, f"{target}: {exc}"))
+                continue
+        else:
+            write.xadd(key, dict(fields), **xadd_args)  # type: ignore[arg-type]
+        written.append((entry_id, target))
     requeued: list[tuple[str, str, str]] = []
-    for (entry_id, target, _fields), reply in zip(
-        plans, write.execute(raise_on_error=False), strict=True
-    ):
+    for (entry_id, target), reply in zip(written, write.execute(raise_on_error=False), strict=True):
         if isinstance(reply, Exception):
             failed.append((entry_id, f"{target}: {reply}"))
         else:
-            requeued.append((entry_id, target, wire.reply_text(reply, "replace")))
+            new_id = LIST_TAIL if target in lists else wire.reply_text(reply, "replace")
+            requeued.append((entry_id, target, new_id))
     if requeued:
         client.xdel(dlq_key, *[entry_id for entry_id, _, _ in requeued])
     return RequeueResult(requeued=requeued, missing=missing, failed=failed)
+
+
+def _list_targets(
+    client: redis.Redis, prefix: str, plans: Sequence[tuple[str, str, dict[str, str], bool]]
+) -> set[str]:
+    """Return the requeue targets that are lists.
+
+    A target is a list when its key holds one, or when it is absent (an emptied list)
+    and the dead letter came from a list.
+    """
+    targets = sorted({target for _, target, _, _ in plans})
+    pipe = client.pipeline(transaction=False)
+    for target in targets:
+        pipe.type(prefixed(prefix, target))
+    kinds = dict(zip(targets, pipe.execute(), strict=True))
+    return {
+        target
+        for _, target, _, from_list in plans
+        if kinds[target] == b"list" or (kinds[target] == b"none" and from_list)
+    }
+
+
+def _list_element(fields: dict[str, str]) -> str:
+    """Return the list element a list consumer's dead letter was (same ``event_id``)."""
+    entry = wire.decode_entry(fields)
+    return wire.encode_message(
+        entry.data,
+        type=entry.type,
+        event_id=entry.event_id or None,
+        published_at=entry.published_at or None,
+        headers=entry.headers or None,
+    )
+
+
+# Move every item of a processing list back to the head of its list, oldest first (as
+# live workers return a dead one's: ``_RETURN`` in consumers/lists.py), then forget its
+# consumer, in one step. Every key it touches derives from the list's name; the heartbeat
+# is checked before, outside the script, as consumers/lists.py does.
+_REQUEUE_PROCESSING = """
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+redis.call('SREM', KEYS[3], ARGV[1])
+return moved
+"""
+
+
+def requeue_processing_list(
+    client: redis.Redis, prefix: str, list_name: str, consumer: str
+) -> int | None:
+    """Return a dead worker's items to the head of ``list_name``; return how many moved.
+
+    Returns None, and changes nothing, while the worker's heartbeat has not expired: it is
+    still handling those items. The items keep their delivery counts (``<list>:deliveries``),
+    as when a live worker returns them, so a poison item still reaches the dead letters.
+    """
+    if queries.worker_alive(client, prefix=prefix, consumer=consumer):
+        return None
+    keys = [
+        prefixed(prefix, processing_list_name(list_name, consumer)),
+        prefixed(prefix, list_name),
+        prefixed(prefix, list_consumers_name(list_name)),
+    ]
+    # EVAL, not a cached script: an operator's rare click, not a worker's loop.
+    return int(client.eval(_REQUEUE_PROCESSING, len(keys), *keys, consumer))
 
 
 def delete_entries(client: redis.Redis, key: str, ids: Sequence[str]) -> int:
@@ -159,11 +248,11 @@ class Target:
 
     client: redis.Redis
     config: BrokerConfig
-    stream: str  # the stream named in the URL
-    name: str  # the stream acted on: ``stream``, or its dead-letter stream
+    stream: str  # the stream (or, for a processing list, the list) named in the URL
+    name: str  # the key acted on: ``stream``, its dead-letter stream, or a processing list
     group: str = ""
     consumer: str = ""
-    pending: int = 0  # entries pending for the consumer, else for the group
+    pending: int = 0  # pending for the consumer, else the group; or a processing list's items
     consumers: tuple[str, ...] = ()  # the group's consumers
 
     @property
@@ -176,10 +265,21 @@ class Target:
         """Return the stream's length now (read only by a question that shows it)."""
         return int(self.client.xlen(self.key))
 
+    @property
+    def owner(self) -> str:
+        """Return whether the processing list's worker lives (read only by its question)."""
+        prefix = self.config.key_prefix
+        if queries.worker_alive(self.client, prefix=prefix, consumer=self.consumer):
+            return (
+                "Its worker is alive (its heartbeat has not expired) and still handles these "
+                "items: the requeue will be refused."
+            )
+        return "Its worker's heartbeat has expired: the worker is gone."
+
 
 #: The page an action returns to. ``entries`` is where the selected entries were listed:
 #: the stream's page, or for a dead-letter stream the dead letters page of its stream.
-BackPage = Literal["stream", "entries", "dead_letters", "groups", "pending"]
+BackPage = Literal["stream", "entries", "dead_letters", "groups", "pending", "lists"]
 #: Breadcrumb labels of the pages an action returns to (the pending page names its group).
 _LABELS = {"stream": "Entries", "dead_letters": "Dead letters", "groups": "Groups"}
 
@@ -202,6 +302,7 @@ class Action:
     lists: Literal["pending", "entries"] | None = None  # how the selected ids are shown
     danger: bool = True  # a red button: the action loses data or position
     on_dead_letters: bool = False  # acts on the stream's dead-letter stream
+    on_processing_list: bool = False  # acts on list ``stream``'s processing list of ``consumer``
 
     def __call__(
         self,
@@ -233,6 +334,12 @@ def locate(action: Action, stream: str, group: str = "", consumer: str = "") -> 
     """Return what ``action`` acts on; ``KeyMissing`` when the stream, group or consumer is gone."""
     config = get_config()
     client = get_redis()
+    if action.on_processing_list:
+        length = queries.processing_list_length(
+            client, prefix=config.key_prefix, name=stream, consumer=consumer
+        )
+        name = processing_list_name(stream, consumer)
+        return Target(client, config, stream, name, consumer=consumer, pending=length)
     name = stream
     if action.on_dead_letters:
         name = dead_letter_name(stream, config.consumers.dead_letter_suffix)
@@ -265,7 +372,7 @@ def confirm_or_act(
             except redis.ResponseError as exc:
                 messages.error(request, f"{action.title} failed: {exc}")
                 return HttpResponseRedirect(back_url)
-            log_action(request, target.stream, message)
+            log_action(request, *_logged_object(action, target), message)
             messages.success(request, message)
             return HttpResponseRedirect(back_url)
     else:
@@ -298,22 +405,40 @@ def confirm_or_act(
     )
 
 
-def log_action(request: HttpRequest, object_id: str, message: str) -> None:
+def log_action(request: HttpRequest, object_id: str, object_repr: str, message: str) -> None:
     """Record ``message`` in the admin log, on the ``Broker`` content type."""
     LogEntry.objects.create(
         user_id=cast(int, request.user.pk),
         content_type=ContentType.objects.get_for_model(Broker),
         object_id=object_id,
-        object_repr=f"stream {object_id}"[:200],
+        object_repr=object_repr[:200],
         action_flag=CHANGE,
         change_message=message,
     )
+
+
+#: How the admin log's object id names a list: stream names holding "/" have no pages
+#: (so no actions), hence no stream's id starts so.
+LIST_OBJECT_ID = "lists/"
+
+
+def _logged_object(action: Action, target: Target) -> tuple[str, str]:
+    """Return the admin log's object id and text for ``action`` on ``target``.
+
+    The id is the stream name, which "Recent actions" links back to (``BrokerAdmin``
+    redirects it to the stream's page); a list's is ``LIST_OBJECT_ID`` + its name.
+    """
+    if action.on_processing_list:
+        return LIST_OBJECT_ID + target.stream, f"list {target.stream}"
+    return target.stream, f"stream {target.stream}"
 
 
 def _way_back(request: HttpRequest, action: Action, target: Target) -> tuple[str, Crumbs]:
     """Return the URL of the page ``action`` returns to, and the breadcrumbs through it."""
     here = (action.title, None)
     stream, page = target.stream, action.back
+    if page == "lists":
+        return admin_url(request, "lists"), list_crumbs(request, here)
     if page == "pending":
         url = admin_url(request, "pending", stream=stream, group=target.group)
         return url, pending_crumbs(request, stream, target.group, here)
@@ -321,6 +446,10 @@ def _way_back(request: HttpRequest, action: Action, target: Target) -> tuple[str
         source = dead_letter_source(stream, target.config.consumers.dead_letter_suffix)
         page, stream = ("dead_letters", source) if source else ("stream", stream)
     url = admin_url(request, page, stream=stream)
+    if page == "dead_letters" and not queries.is_stream(
+        target.client, prefix=target.config.key_prefix, name=stream
+    ):
+        return url, list_crumbs(request, (f"{stream}: dead letters", url), here)
     return url, stream_crumbs(request, stream, (_LABELS[page], url), here)
 
 
@@ -357,7 +486,7 @@ def _ids_text(ids: Sequence[str], limit: int = 20) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-# --- The eight actions -------------------------------------------------------------------
+# --- The nine actions --------------------------------------------------------------------
 
 
 def _ack(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
@@ -426,6 +555,33 @@ requeue = Action(
     lists="entries",
     danger=False,
     on_dead_letters=True,
+)
+
+
+def _requeue_processing(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+    moved = requeue_processing_list(t.client, t.config.key_prefix, t.stream, t.consumer)
+    if moved is None:
+        raise redis.ResponseError(
+            f"the worker {t.consumer} is alive (its heartbeat has not expired) and still "
+            "handles the items of its processing list; nothing was moved"
+        )
+    return (
+        f"Moved {moved} items of consumer {t.consumer} back to the head of list {t.stream} "
+        f"and removed {t.consumer} from the list's consumers."
+    )
+
+
+#: Return a dead worker's processing list to the head of its list.
+requeue_processing = Action(
+    _requeue_processing,
+    title="Requeue processing list",
+    form_class=ConfirmForm,
+    question="Move the {t.pending} items that consumer “{t.consumer}” took from list "
+    "“{t.stream}” back to the head of the list, oldest first, so the next worker takes "
+    "them, and remove “{t.consumer}” from the list's consumers? {t.owner}",
+    back="lists",
+    danger=False,
+    on_processing_list=True,
 )
 
 

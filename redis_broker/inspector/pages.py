@@ -166,6 +166,11 @@ def stream_crumbs(request: HttpRequest, stream: str, *more: tuple[str, str | Non
     return [(stream, admin_url(request, "stream", stream=stream) if more else None), *more]
 
 
+def list_crumbs(request: HttpRequest, *more: tuple[str, str | None]) -> Crumbs:
+    """Return the breadcrumbs of the lists page (linked when ``more`` follow), then ``more``."""
+    return [("Lists", admin_url(request, "lists") if more else None), *more]
+
+
 def pending_crumbs(
     request: HttpRequest, stream: str, group: str, *more: tuple[str, str | None]
 ) -> Crumbs:

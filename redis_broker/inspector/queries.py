@@ -9,7 +9,13 @@ Replies are bytes (the clients use ``decode_responses=False``); they are decoded
 display with ``errors="replace"``, so a foreign producer's binary field shows as
 replacement characters instead of breaking the page. Payloads are parsed with the wire
 format's reader (``wire.loads``): one that it refuses (too deeply nested, a number too
-long, a lone surrogate, not JSON) is shown as its raw text, with the reason.
+long, a lone surrogate, not JSON) is shown as its raw text, with the reason. List items
+are read with ``wire.decode_element``, as list consumers read them.
+
+Lists consumed by ``@list_consumer`` are found in two places: the live workers'
+heartbeats (``read_workers``, which reads the heartbeat index without pruning it, unlike
+``heartbeat.live_workers``), and the ``<list>:consumers`` sets a bounded ``SCAN`` finds,
+which still name the lists whose workers are all dead.
 """
 
 from __future__ import annotations
@@ -27,15 +33,36 @@ from django.db.models import Count
 
 from .. import wire
 from ..consumers.policy import is_missing
-from ..exceptions import MalformedEntry
+from ..consumers.registry import ChannelConsumerSpec
+from ..exceptions import ConsumerDefinitionError, MalformedEntry
+from ..heartbeat import WorkerInfo
+from ..heartbeat import decode_info as decode_worker_info
 from ..models import OutboxEvent
-from ..naming import dead_letter_name, dead_letter_source, prefixed, unprefixed
+from ..naming import (
+    LIST_CONSUMERS,
+    dead_letter_name,
+    dead_letter_source,
+    derived_source,
+    list_consumers_name,
+    prefixed,
+    processing_list_name,
+    unprefixed,
+    worker_key,
+    workers_key,
+)
 from ..outbox import OutboxBacklog, backlog
 
 #: Most streams listed on the overview; SCAN stops once it has found this many.
 MAX_STREAMS = 500
 #: Most Pub/Sub channels listed.
 MAX_CHANNELS = 500
+#: Most lists shown on the lists page.
+MAX_LISTS = 200
+#: Most processing lists (consumer names) shown per list.
+MAX_PROCESSING_LISTS = 100
+#: SCAN calls (``COUNT 1000`` each, so about 1,000 keys per call) spent looking for the
+#: ``<list>:consumers`` sets of lists no live worker reports.
+MAX_LIST_SCAN_CALLS = 100
 #: Payloads longer than this (pretty-printed) are shown truncated, with the rest expandable.
 PREVIEW_CHARS = 600
 #: Payloads are never rendered beyond this many characters, so one huge entry cannot
@@ -221,7 +248,12 @@ def stream_summary(
 
 def is_stream(client: redis.Redis, *, prefix: str, name: str) -> bool:
     """Return True when ``name`` (under ``prefix``) currently holds a stream."""
-    return bool(client.type(prefixed(prefix, name)) == b"stream")
+    return key_type(client, prefix=prefix, name=name) == "stream"
+
+
+def key_type(client: redis.Redis, *, prefix: str, name: str) -> str:
+    """Return the type of key ``name`` under ``prefix``: "stream", "list", "none"…"""
+    return wire.reply_text(client.type(prefixed(prefix, name)), "replace")
 
 
 # --- Entries --------------------------------------------------------------------------
@@ -231,8 +263,8 @@ def is_stream(client: redis.Redis, *, prefix: str, name: str) -> bool:
 class Entry:
     """A stream entry decoded for display; the payload pretty-printed when it is JSON."""
 
-    id: str
-    age_ms: int
+    id: str  # "" for a list item
+    age_ms: int | None  # None for a list item whose published_at is not a timestamp
     type: str
     event_id: str
     published_at: str
@@ -284,16 +316,25 @@ def _pretty(raw: str, what: str) -> tuple[str, str]:
     as stored.
     """
     try:
-        value = wire.loads(raw, what=what)
-        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False), ""
+        return _indented(wire.loads(raw, what=what), raw, what)
     except MalformedEntry as exc:
         return raw, str(exc)
+
+
+def _indented(value: Any, raw: str, what: str) -> tuple[str, str]:
+    """Return ``value`` as indented JSON and ``""``; ``raw`` and why, if it nests too deeply."""
+    try:
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False), ""
     except RecursionError:  # within MAX_DEPTH, but on an already deep stack
         return raw, f"the {what} nests too deeply to indent here"
 
 
 def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> Entry:
-    """Return an ``Entry`` for one raw ``(id, fields)`` reply, whatever produced it."""
+    """Return an ``Entry`` for one raw ``(id, fields)`` reply, whatever produced it.
+
+    ``entry_id`` is ``""`` for a list item (``decode_item_for_display``): its age is then
+    read from its ``published_at``.
+    """
     try:
         fields = wire.fields_as_text(raw)
     except MalformedEntry:
@@ -305,7 +346,7 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
     headers = _pretty(fields[wire.HEADERS], "headers")[0] if wire.HEADERS in fields else ""
     return Entry(
         id=entry_id,
-        age_ms=now - wire.entry_id_ms(entry_id),
+        age_ms=now - wire.entry_id_ms(entry_id) if entry_id else _published_age(fields, now),
         type=fields.get(wire.TYPE, ""),
         event_id=fields.get(wire.EVENT_ID, ""),
         published_at=fields.get(wire.PUBLISHED_AT, ""),
@@ -320,6 +361,30 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
         payload_clipped=clipped,
         payload_problem=problem,
     )
+
+
+def _published_age(fields: Mapping[str, str], now: int) -> int | None:
+    """Return the milliseconds since ``published_at``, or None when it is no timestamp."""
+    try:
+        published = datetime.fromisoformat(fields.get(wire.PUBLISHED_AT, ""))
+    except ValueError:
+        return None
+    if published.tzinfo is None:
+        return None
+    return now - int(published.timestamp() * 1000)
+
+
+def decode_item_for_display(raw: bytes, *, now: int) -> Entry:
+    """Return an ``Entry`` (without id) for one list item, read as list consumers read it.
+
+    ``wire.decode_element`` gives what a handler would get; an item it refuses is shown
+    as its text, as its dead letter would hold it.
+    """
+    try:
+        fields = wire.decode_element(raw).fields()
+    except (MalformedEntry, TypeError):
+        fields = {wire.DATA: wire.reply_text(raw, "replace")}
+    return decode_for_display("", fields, now=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +633,228 @@ def _pending_entry(row: Mapping[str, Any]) -> PendingEntry:
     )
 
 
+# --- Workers and lists ------------------------------------------------------------------
+
+
+def read_workers(client: redis.Redis, *, prefix: str) -> list[WorkerInfo]:
+    """Return the live ``runconsumers`` workers, by name, from their heartbeats.
+
+    The sync, read-only twin of ``heartbeat.live_workers``: the names whose claim has not
+    expired yet (``ZRANGEBYSCORE`` on the index), then their info, in one pipelined round
+    trip. A claim that expired between the two reads is left out.
+    """
+    names = client.zrangebyscore(workers_key(prefix), time.time(), "+inf")
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(worker_key(prefix, wire.reply_text(name, "replace")), "info")
+    found = [decode_worker_info(raw) for raw in pipe.execute() if raw is not None]
+    return sorted((info for info in found if info is not None), key=lambda info: info.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ListReader:
+    """A live worker's ``@list_consumer`` of a list, as its heartbeat describes it."""
+
+    worker: str
+    consumer: str  # the handler's name
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingList:
+    """The items one consumer of a list has taken and not settled yet."""
+
+    consumer: str  # the worker's consumer name (``--consumer-name``)
+    length: int
+    oldest: Entry | None  # its first item: taken longest ago
+    alive: bool  # the worker's heartbeat has not expired
+    beat_age_ms: int | None  # since its last heartbeat; None when dead or unreadable
+
+    @property
+    def beat_age(self) -> str:
+        """Return the time since the worker's last heartbeat, for display."""
+        return format_duration(self.beat_age_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ListSummary:
+    """A Redis list consumed by list consumers, with its workers' processing lists."""
+
+    name: str  # without KEY_PREFIX
+    length: int
+    head: Entry | None  # the oldest item: the next one taken
+    dead_letters: int  # entries in name + DEAD_LETTER_SUFFIX (0 when it does not exist)
+    readers: list[ListReader]
+    processing: list[ProcessingList]  # one per name in <list>:consumers, by name
+    more_processing: int  # names in <list>:consumers past MAX_PROCESSING_LISTS
+
+    @property
+    def orphaned(self) -> int:
+        """Return how many items wait in processing lists of dead workers."""
+        return sum(p.length for p in self.processing if not p.alive)
+
+
+@dataclass(frozen=True, slots=True)
+class ListListing:
+    """The lists of list consumers under KEY_PREFIX, sorted by name."""
+
+    lists: list[ListSummary]
+    truncated: bool  # more than MAX_LISTS were found
+    scan_complete: bool  # the SCAN for <list>:consumers sets walked the whole keyspace
+
+
+def list_lists(
+    client: redis.Redis,
+    *,
+    prefix: str,
+    dead_letter_suffix: str,
+    limit: int = MAX_LISTS,
+    scan_calls: int = MAX_LIST_SCAN_CALLS,
+) -> ListListing:
+    """Return the lists that list consumers read, with their processing lists.
+
+    A list is found when a live worker's heartbeat names it, or when its
+    ``<list>:consumers`` set exists (``SCAN ... TYPE set``, at most ``scan_calls`` calls:
+    a list whose workers are all dead is only known from its set). Each list costs a few
+    commands in two pipelined round trips, whatever its length.
+    """
+    workers = read_workers(client, prefix=prefix)
+    readers: dict[str, list[ListReader]] = {}
+    for worker in workers:
+        for consumer in worker.consumers:
+            if consumer.get("kind") == "list" and isinstance(consumer.get("list"), str):
+                reader = ListReader(worker=worker.name, consumer=str(consumer.get("name", "")))
+                readers.setdefault(consumer["list"], []).append(reader)
+    found, scan_complete = _lists_with_consumer_sets(client, prefix=prefix, calls=scan_calls)
+    names = sorted(set(readers) | found)
+    truncated = len(names) > limit
+    names = names[:limit]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        key = prefixed(prefix, name)
+        dlq_key = prefixed(prefix, dead_letter_name(name, dead_letter_suffix))
+        pipe.llen(key)
+        pipe.lindex(key, 0)
+        pipe.smembers(prefixed(prefix, list_consumers_name(name)))
+        pipe.type(dlq_key)
+        pipe.xlen(dlq_key)
+    replies = pipe.execute(raise_on_error=False)
+    now = now_ms()
+    consumers: dict[str, list[str]] = {}
+    summaries: list[tuple[str, int, Entry | None, int]] = []
+    for n, name in enumerate(names):
+        length, head, members, dlq_type, dlq_length = replies[5 * n : 5 * n + 5]
+        is_list = isinstance(length, int)  # an error reply: the key holds no list
+        consumers[name] = sorted(
+            wire.reply_text(m, "replace")
+            for m in (members if isinstance(members, (set, list)) else ())
+        )
+        summaries.append(
+            (
+                name,
+                length if is_list else 0,
+                decode_item_for_display(head, now=now) if is_list and head is not None else None,
+                int(dlq_length) if dlq_type == b"stream" else 0,
+            )
+        )
+    processing = _processing_lists(client, prefix=prefix, consumers=consumers, now=now)
+    return ListListing(
+        lists=[
+            ListSummary(
+                name=name,
+                length=length,
+                head=head,
+                dead_letters=dead_letters,
+                readers=readers.get(name, []),
+                processing=processing[name],
+                more_processing=max(0, len(consumers[name]) - MAX_PROCESSING_LISTS),
+            )
+            for name, length, head, dead_letters in summaries
+        ],
+        truncated=truncated,
+        scan_complete=scan_complete,
+    )
+
+
+def _lists_with_consumer_sets(
+    client: redis.Redis, *, prefix: str, calls: int
+) -> tuple[set[str], bool]:
+    """Return the lists whose ``<list>:consumers`` set exists, and whether SCAN finished."""
+    match = glob_escape(prefix) + list_consumers_name("*")
+    found: set[str] = set()
+    cursor = 0
+    for _ in range(calls):
+        cursor, keys = client.scan(cursor, match=match, count=1000, _type="set")
+        for key in keys:
+            name = derived_source(
+                unprefixed(prefix, wire.reply_text(key, "replace")), LIST_CONSUMERS
+            )
+            if name is not None:
+                found.add(name)
+        if cursor == 0:
+            return found, True
+    return found, False
+
+
+def _processing_lists(
+    client: redis.Redis, *, prefix: str, consumers: Mapping[str, list[str]], now: int
+) -> dict[str, list[ProcessingList]]:
+    """Return each list's processing lists (length, oldest item, owner's heartbeat)."""
+    shown = [
+        (name, consumer)
+        for name, names in consumers.items()
+        for consumer in names[:MAX_PROCESSING_LISTS]
+    ]
+    pipe = client.pipeline(transaction=False)
+    for name, consumer in shown:
+        key = prefixed(prefix, processing_list_name(name, consumer))
+        pipe.llen(key)
+        pipe.lindex(key, 0)
+        pipe.hget(worker_key(prefix, consumer), "info")
+    replies = pipe.execute(raise_on_error=False)
+    result: dict[str, list[ProcessingList]] = {name: [] for name in consumers}
+    for n, (name, consumer) in enumerate(shown):
+        length, oldest, info = replies[3 * n : 3 * n + 3]
+        is_list = isinstance(length, int)
+        beat = decode_worker_info(info) if info is not None else None
+        result[name].append(
+            ProcessingList(
+                consumer=consumer,
+                length=length if is_list else 0,
+                oldest=decode_item_for_display(oldest, now=now)
+                if is_list and oldest is not None
+                else None,
+                alive=info is not None,
+                beat_age_ms=now - int(beat.beat_at * 1000) if beat is not None else None,
+            )
+        )
+    return result
+
+
+def processing_list_length(client: redis.Redis, *, prefix: str, name: str, consumer: str) -> int:
+    """Return how many items list ``name``'s processing list of ``consumer`` holds.
+
+    Raises ``KeyMissing`` when ``consumer`` has neither a processing list of the list nor
+    its name in the list's consumers.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.sismember(prefixed(prefix, list_consumers_name(name)), consumer)
+    pipe.llen(prefixed(prefix, processing_list_name(name, consumer)))
+    listed, length = pipe.execute(raise_on_error=False)
+    if not isinstance(length, int) or not (length or listed == 1):
+        raise KeyMissing(f"List {name!r} has no consumer {consumer!r}.")
+    return length
+
+
+def worker_alive(client: redis.Redis, *, prefix: str, consumer: str) -> bool:
+    """Return True while the heartbeat of the worker named ``consumer`` has not expired.
+
+    The test live list workers make before returning another worker's items.
+    """
+    return bool(client.exists(worker_key(prefix, consumer)))
+
+
 # --- Pub/Sub ----------------------------------------------------------------------------
 
 
@@ -605,6 +892,80 @@ def pubsub_info(client: redis.Redis, *, prefix: str, limit: int = MAX_CHANNELS) 
         patterns=int(client.pubsub_numpat()),
         truncated=truncated,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSubscription:
+    """A live worker's ``@channel_consumer``, and what Redis shows of its subscription."""
+
+    worker: str
+    consumer: str  # the handler's name
+    pattern: str  # as written in @channel_consumer, e.g. "prices.{symbol}"
+    subscription: str  # what the worker (P)SUBSCRIBEs, without KEY_PREFIX: "prices.*"
+    is_pattern: bool
+    subscribers: int  # PUBSUB NUMSUB of a channel; PUBSUB NUMPAT (all patterns) for a pattern
+
+    @property
+    def seen(self) -> bool | None:
+        """Return whether Redis shows a subscriber; None when it cannot tell (a pattern).
+
+        Redis counts pattern subscriptions only in total (``PUBSUB NUMPAT``): none at all
+        means this one is missing, some does not say whose they are.
+        """
+        if self.is_pattern and self.subscribers:
+            return None
+        return self.subscribers > 0
+
+
+def _accepts_anything(message: Any, **parts: Any) -> None:
+    """Stand in for a handler: only its pattern is needed (``channel_subscriptions``)."""
+
+
+def channel_subscriptions(
+    client: redis.Redis, *, prefix: str, workers: Sequence[WorkerInfo]
+) -> list[ChannelSubscription]:
+    """Return the channel consumers of ``workers`` with their ``PUBSUB NUMSUB``/``NUMPAT``.
+
+    What a pattern subscribes to is worked out by ``ChannelConsumerSpec``, as the worker
+    did; a heartbeat naming a pattern no spec accepts (another version) is left out.
+    """
+    found: list[tuple[str, str, ChannelConsumerSpec]] = []
+    for worker in workers:
+        for consumer in worker.consumers:
+            pattern = consumer.get("pattern")
+            if consumer.get("kind") != "channel" or not isinstance(pattern, str):
+                continue
+            name = str(consumer.get("name", ""))
+            try:
+                spec = ChannelConsumerSpec(
+                    func=_accepts_anything, name=name or "?", pattern=pattern
+                )
+            except ConsumerDefinitionError:
+                continue
+            found.append((worker.name, name, spec))
+    if not found:
+        return []
+    plain = sorted({prefixed(prefix, s.subscription) for _, _, s in found if not s.is_pattern})
+    counts: dict[str, int] = {}
+    if plain:
+        counts = {
+            wire.reply_text(channel, "replace"): int(number)
+            for channel, number in client.pubsub_numsub(*plain)
+        }
+    patterns = int(client.pubsub_numpat())
+    return [
+        ChannelSubscription(
+            worker=worker,
+            consumer=name,
+            pattern=spec.pattern,
+            subscription=spec.subscription,
+            is_pattern=spec.is_pattern,
+            subscribers=patterns
+            if spec.is_pattern
+            else counts.get(prefixed(prefix, spec.subscription), 0),
+        )
+        for worker, name, spec in found
+    ]
 
 
 # --- Outbox -------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 They live under the ``Broker`` model's admin URL (``/admin/redis_broker/broker/``) and
 are named ``redis_broker_<view>`` in the admin site's namespace, e.g.
-``reverse("admin:redis_broker_stream", kwargs={"stream": "orders"})``. Stream, group
-and consumer names are single path segments: a name containing ``/`` is listed on the
-overview but has no pages.
+``reverse("admin:redis_broker_stream", kwargs={"stream": "orders"})``. Stream, list,
+group and consumer names are single path segments: a name containing ``/`` is listed
+but has no pages or actions.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .pages import InspectorAdmin
 
 _S = "streams/<str:stream>/"
 _G = _S + "groups/<str:group>/"
+_L = "lists/<str:stream>/"
 
 #: (route, view, name without the ``redis_broker_`` prefix); an action's ``Action`` is its view.
 ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
@@ -28,6 +29,9 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("", views.overview, "index"),
     ("pubsub/", views.pubsub, "pubsub"),
     ("outbox/", views.outbox, "outbox"),
+    ("lists/", views.lists, "lists"),
+    # The framework's ``stream`` argument names the list here (``Action.on_processing_list``).
+    (_L + "processing/<str:consumer>/requeue/", actions.requeue_processing, "requeue_processing"),
     (_S, views.stream, "stream"),
     (_S + "delete/", actions.delete, "delete"),
     (_S + "trim/", actions.trim, "trim"),

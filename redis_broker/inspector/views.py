@@ -24,6 +24,7 @@ from .pages import (
     InspectorAdmin,
     admin_url,
     inspector_view,
+    list_crumbs,
     pager_urls,
     pending_crumbs,
     render,
@@ -172,6 +173,9 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
     config = get_config()
     client = get_redis()
     dlq = dead_letter_name(stream, config.consumers.dead_letter_suffix)
+    # A list consumer's dead letters are a stream too; the list's page is the lists page.
+    # An emptied list is no key at all, while an emptied stream stays.
+    source = queries.key_type(client, prefix=config.key_prefix, name=stream)
     form, params, count = _filtered(EntryFilterForm, request, 25)
     try:
         page = queries.read_entries(
@@ -183,20 +187,24 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
             after=params.get("after") or None,
         )
     except queries.KeyMissing:
-        # No dead letter yet is normal for a healthy stream; only a missing stream is a 404.
-        if not queries.is_stream(client, prefix=config.key_prefix, name=stream):
+        # No dead letter yet is normal for a healthy stream or list; a missing one is a 404.
+        if source not in ("stream", "list"):
             raise
         page = queries.EntryPage(entries=[], older=None, newer=None)
     here = admin_url(request, "dead_letters", stream=stream)
     keep = {"count": count}
+    crumbs = stream_crumbs(request, stream, ("Dead letters", None))
+    if source != "stream":
+        crumbs = list_crumbs(request, (f"{stream}: dead letters", None))
     return render(
         request,
         model_admin,
         "redis_broker/admin/dead_letters.html",
         title=f"Dead letters of {stream}",
-        crumbs=stream_crumbs(request, stream, ("Dead letters", None)),
+        crumbs=crumbs,
         tab="dead_letters",
         stream=stream,
+        source=source,
         dlq=dlq,
         page=page,
         **pager_urls(here, keep, page),
@@ -205,15 +213,44 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
 
 @inspector_view()
 def pubsub(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
-    """Show the active Pub/Sub channels under KEY_PREFIX with their subscriber counts."""
-    config = get_config()
+    """Show the active Pub/Sub channels and the live workers' channel consumers.
+
+    Channels under KEY_PREFIX come with their subscriber counts; each channel consumer
+    with its worker and what Redis shows of its subscription.
+    """
+    prefix = get_config().key_prefix
+    client = get_redis()
+    workers = queries.read_workers(client, prefix=prefix)
     return render(
         request,
         model_admin,
         "redis_broker/admin/pubsub.html",
         title="Pub/Sub channels",
         crumbs=[("Pub/Sub channels", None)],
-        info=queries.pubsub_info(get_redis(), prefix=config.key_prefix),
+        info=queries.pubsub_info(client, prefix=prefix),
+        subscriptions=queries.channel_subscriptions(client, prefix=prefix, workers=workers),
+    )
+
+
+@inspector_view()
+def lists(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
+    """Show the lists of list consumers, with each worker's processing list.
+
+    A list shows its length, oldest item and dead letters; a processing list its items,
+    its oldest item and its worker's heartbeat, with a requeue action once that expired.
+    """
+    config = get_config()
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/lists.html",
+        title="Lists",
+        crumbs=list_crumbs(request),
+        listing=queries.list_lists(
+            get_redis(),
+            prefix=config.key_prefix,
+            dead_letter_suffix=config.consumers.dead_letter_suffix,
+        ),
     )
 
 

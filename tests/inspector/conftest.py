@@ -11,8 +11,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from redis_broker import wire
+from redis_broker.naming import list_consumers_name, processing_list_name
 
-from .helpers import DLQ, GROUP, STREAM, Seeded
+from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, STREAM, Seeded
 
 
 @pytest.fixture
@@ -48,7 +49,8 @@ def operator(user_client: Callable[..., Client]) -> Client:
 
 @pytest.fixture
 def seeded(redis_client: redis.Redis) -> Seeded:
-    """Fill Redis: 10 entries in ``orders``, 4 pending in ``billing``, 2 dead letters."""
+    """Fill Redis: 10 entries in ``orders``, 4 pending in ``billing``, 2 dead letters;
+    3 items in list ``jobs`` and 2 in the processing list of its dead worker ``w-dead``."""
     ids = [
         redis_client.xadd(STREAM, wire.encode_entry({"n": n}, type="order.created"))
         for n in range(10)
@@ -73,4 +75,11 @@ def seeded(redis_client: redis.Redis) -> Seeded:
                 ),
             )
         )
-    return Seeded(ids=ids, pending=pending, dead=dead, dead_event_ids=event_ids)
+    items = [wire.encode_message({"job": n}, type="job.run") for n in range(3)]
+    taken = [wire.encode_message({"job": n}, type="job.run") for n in (-2, -1)]
+    redis_client.rpush(LIST, *items)
+    redis_client.rpush(processing_list_name(LIST, DEAD_WORKER), *taken)
+    redis_client.sadd(list_consumers_name(LIST), DEAD_WORKER)
+    return Seeded(
+        ids=ids, pending=pending, dead=dead, dead_event_ids=event_ids, items=items, taken=taken
+    )

@@ -1,16 +1,28 @@
-"""Helpers of the inspector tests: the seeded names, every page, URLs, Redis snapshots."""
+"""Helpers of the inspector tests: the seeded names, every page, URLs, Redis snapshots,
+and real worker heartbeats."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio
 from django.urls import reverse
+
+from redis_broker.conf import get_config
+from redis_broker.consumers.channels import ChannelWorker
+from redis_broker.consumers.lists import ListWorker
+from redis_broker.consumers.registry import ChannelConsumerSpec, ListConsumerSpec
+from redis_broker.heartbeat import Heartbeat
 
 STREAM = "orders"
 GROUP = "billing"
 DLQ = "orders:dlq"
+LIST = "jobs"
+#: A worker of LIST that died (no heartbeat) with items in its processing list.
+DEAD_WORKER = "w-dead"
 
 
 #: Every read-only inspector page, as (URL name, kwargs).
@@ -22,6 +34,7 @@ PAGES = [
     ("dead_letters", {"stream": STREAM}),
     ("pubsub", {}),
     ("outbox", {}),
+    ("lists", {}),
 ]
 
 
@@ -38,11 +51,17 @@ class Seeded:
     pending: list[str]  # ids pending in GROUP (delivered to consumer "c1")
     dead: list[str]  # ids of DLQ entries, oldest first
     dead_event_ids: list[str]  # their event_id fields
+    items: list[str]  # the elements waiting in LIST, head first
+    taken: list[str]  # the elements in DEAD_WORKER's processing list of LIST, oldest first
 
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
     """Return everything the inspector's actions could change, for before/after equality."""
     state: dict[str, Any] = {}
+    for key in sorted(client.scan_iter(_type="list")):
+        state[key] = client.lrange(key, 0, -1)
+    for key in sorted(client.scan_iter(_type="set")):
+        state[key] = client.smembers(key)
     for key in sorted(client.scan_iter(_type="stream")):
         groups = client.xinfo_groups(key)
         state[key] = {
@@ -60,3 +79,53 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
             },
         }
     return state
+
+
+def handle(message: Any, **parts: Any) -> None:
+    """Stand in for a consumer's handler: the heartbeats only describe it."""
+
+
+def list_spec(list_name: str = LIST, name: str = "run_job") -> ListConsumerSpec:
+    """Return a ``@list_consumer`` spec of ``list_name``."""
+    return ListConsumerSpec(func=handle, name=name, list=list_name)
+
+
+def channel_spec(pattern: str, name: str) -> ChannelConsumerSpec:
+    """Return a ``@channel_consumer`` spec of ``pattern``."""
+    return ChannelConsumerSpec(func=handle, name=name, pattern=pattern)
+
+
+def beat(
+    url: str,
+    name: str,
+    *specs: ListConsumerSpec | ChannelConsumerSpec,
+    interval: float = 60.0,
+) -> None:
+    """Claim worker ``name``'s heartbeat, as ``runconsumers`` does, describing ``specs``.
+
+    A real ``Heartbeat`` and the real workers' descriptions write it, so the tests read
+    exactly what a worker process writes. It expires after three ``interval``s.
+    """
+    config = get_config()
+    workers = [
+        ListWorker(spec, config=config, consumer=name)
+        if isinstance(spec, ListConsumerSpec)
+        else ChannelWorker(spec, config=config)
+        for spec in specs
+    ]
+
+    def describe() -> dict[str, Any]:
+        consumers = [worker.describe_for_heartbeat() for worker in workers]
+        return {"consumers": consumers, "in_flight": 0, "oldest_call_s": None}
+
+    async def claim() -> None:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            heartbeat = Heartbeat(
+                client, prefix=config.key_prefix, name=name, interval=interval, describe=describe
+            )
+            await heartbeat.claim()
+        finally:
+            await client.aclose()
+
+    asyncio.run(claim())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,32 @@ import redis
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from .helpers import DLQ, GROUP, STREAM, Seeded
+from redis_broker import wire
+from redis_broker.naming import processing_list_name
+
+from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, STREAM, Seeded
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@contextmanager
+def admin_page(browser: Any, live_server: Any, path: str) -> Iterator[tuple[Any, list[str]]]:
+    """Open ``path`` logged in as a new superuser; yield the page and the dialogs it opened.
+
+    A dialog would mean a payload's markup ran as script: tests assert there is none.
+    """
+    User.objects.create_superuser("admin", "admin@example.com", "admin")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    try:
+        page.goto(live_server.url + path)
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "admin")
+        page.click("input[type=submit]")
+        yield page, dialogs
+    finally:
+        page.close()
 
 
 def test_superuser_browses_every_page_and_requeues_a_dead_letter(
@@ -23,16 +48,9 @@ def test_superuser_browses_every_page_and_requeues_a_dead_letter(
     artifacts_dir: Path,
 ) -> None:
     """Tests the operator's path: log in, open every inspector page, requeue a dead letter."""
-    User.objects.create_superuser("admin", "admin@example.com", "admin")
     redis_client.xadd(STREAM, {"data": '{"note": "<script>alert(1)</script>"}', "type": "xss"})
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    try:
-        page.goto(live_server.url + reverse("admin:redis_broker_broker_changelist"))
-        page.fill("#id_username", "admin")
-        page.fill("#id_password", "admin")
-        page.click("input[type=submit]")
+    overview = reverse("admin:redis_broker_broker_changelist")
+    with admin_page(browser, live_server, overview) as (page, dialogs):
         page.wait_for_selector("#streams")
         assert page.locator(f"#streams a[href$='/streams/{STREAM}/']").is_visible()
         page.screenshot(path=str(artifacts_dir / "inspector-overview.png"), full_page=True)
@@ -45,6 +63,7 @@ def test_superuser_browses_every_page_and_requeues_a_dead_letter(
             ),
             "pubsub": reverse("admin:redis_broker_pubsub"),
             "outbox": reverse("admin:redis_broker_outbox"),
+            "lists": reverse("admin:redis_broker_lists"),
             "dead-letters": reverse("admin:redis_broker_dead_letters", kwargs={"stream": STREAM}),
         }
         for name, path in pages.items():
@@ -63,7 +82,32 @@ def test_superuser_browses_every_page_and_requeues_a_dead_letter(
         page.wait_for_selector(".messagelist .success")
         assert "Requeued 1 entry" in page.inner_text(".messagelist")
         page.screenshot(path=str(artifacts_dir / "inspector-requeued.png"), full_page=True)
-    finally:
-        page.close()
     assert [entry_id for entry_id, _ in redis_client.xrange(DLQ)] == seeded.dead[1:]
     assert redis_client.xrevrange(STREAM, count=1)[0][1]["event_id"] == seeded.dead_event_ids[0]
+
+
+def test_superuser_requeues_a_dead_workers_processing_list(
+    browser: Any,
+    live_server: Any,
+    seeded: Seeded,
+    redis_client: redis.Redis,
+    artifacts_dir: Path,
+) -> None:
+    """Tests the lists page in a browser: a hostile item stays text, and the requeue works."""
+    evil = wire.encode_message({"note": "<script>alert(1)</script>"}, type="xss")
+    redis_client.lpush(processing_list_name(LIST, DEAD_WORKER), evil)
+    with admin_page(browser, live_server, reverse("admin:redis_broker_lists")) as (page, dialogs):
+        page.wait_for_selector("#list-1")
+        assert "dead/expired" in page.inner_text("#list-1")
+        assert "<script>alert(1)</script>" in page.inner_text("#list-1")  # shown as text
+        page.screenshot(path=str(artifacts_dir / "inspector-lists.png"), full_page=True)
+        page.click("#list-1 a:text('Requeue…')")
+        page.wait_for_selector("input[type=submit][value^='Yes']")
+        page.screenshot(
+            path=str(artifacts_dir / "inspector-requeue-processing.png"), full_page=True
+        )
+        page.click("input[type=submit][value^='Yes']")
+        page.wait_for_selector(".messagelist .success")
+        assert "Moved 3 items" in page.inner_text(".messagelist")
+    assert dialogs == []
+    assert redis_client.lrange(LIST, 0, -1) == [evil, *seeded.taken, *seeded.items]

@@ -10,7 +10,7 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from .helpers import DLQ, GROUP, PAGES, STREAM, Seeded, snapshot, url
+from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, PAGES, STREAM, Seeded, snapshot, url
 
 
 def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str, object]]]:
@@ -29,6 +29,7 @@ def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str,
         ),
         ("create_group", {"stream": STREAM}, {"group": "new", "start": "0"}),
         ("destroy_group", {"stream": STREAM, "group": GROUP}, {}),
+        ("requeue_processing", {"stream": LIST, "consumer": DEAD_WORKER}, {}),
     ]
 
 

@@ -1,7 +1,10 @@
-"""``manage.py runconsumers``: run the ``@stream_consumer`` handlers of every installed app.
+"""``manage.py runconsumers``: run the consumers of every installed app.
+
+Stream groups (``@stream_consumer``), Pub/Sub channels (``@channel_consumer``) and lists
+(``@list_consumer``), found in each app's ``consumers`` module.
 
 python manage.py runconsumers                      # all consumers, until SIGTERM/Ctrl-C
-python manage.py runconsumers bill orders:mailer   # by name, stream or stream:group
+python manage.py runconsumers bill orders:mailer   # by name, stream, stream:group, pattern, list
 python manage.py runconsumers --burst              # until nothing new or pending is left
 """
 
@@ -17,12 +20,17 @@ from ..verbosity import configure_logging
 class Command(BaseCommand):
     """Thin shell over :class:`redis_broker.consumers.runner.ConsumerRunner`."""
 
-    help = "Run stream consumers: read, handle, ack, retry and dead-letter stream entries."
+    help = "Run consumers of streams, channels and lists: read, handle, ack, retry and dead-letter."
     runner_class = ConsumerRunner
 
     def add_arguments(self, parser: CommandParser) -> None:
         add = parser.add_argument
-        add("names", nargs="*", metavar="NAME", help="function name, stream or stream:group")
+        add(
+            "names",
+            nargs="*",
+            metavar="NAME",
+            help="function name, stream, stream:group, channel pattern or list",
+        )
         add("--concurrency", type=int, help="handler calls in flight per consumer")
         add("--consumer-name", help="this worker's name in its groups (default: host-pid)")
         add("--burst", action="store_true", help="exit 0 once nothing new or pending is left")
