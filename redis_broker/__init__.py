@@ -17,14 +17,19 @@ __all__ = [
     "ConsumerDefinitionError",
     "ConsumerGroupMissing",
     "ConsumerNameInUse",
+    "NoResponders",
     "RedisBrokerError",
     "Reject",
+    "RemoteError",
+    "Reply",
+    "RequestTimeout",
     "StreamMessage",
     "WriteRefused",
     "abroadcast",
     "apublish",
     "apublish_many",
     "apush",
+    "arequest",
     "broadcast",
     "channel_consumer",
     "get_async_redis",
@@ -34,6 +39,7 @@ __all__ = [
     "publish_many",
     "publish_model_event",
     "push",
+    "request",
     "stream_consumer",
 ]
 
@@ -43,6 +49,12 @@ _LAZY = {
     "ConsumerDefinitionError": "redis_broker.exceptions",
     "ConsumerGroupMissing": "redis_broker.exceptions",
     "ConsumerNameInUse": "redis_broker.exceptions",
+    "NoResponders": "redis_broker.exceptions",
+    "RemoteError": "redis_broker.exceptions",
+    "RequestTimeout": "redis_broker.exceptions",
+    "Reply": "redis_broker.requests",
+    "request": "redis_broker.requests",
+    "arequest": "redis_broker.requests",
     "RedisBrokerError": "redis_broker.exceptions",
     "Reject": "redis_broker.exceptions",
     "StreamMessage": "redis_broker.consumers.message",
@@ -73,8 +85,11 @@ if TYPE_CHECKING:
         ConsumerDefinitionError,
         ConsumerGroupMissing,
         ConsumerNameInUse,
+        NoResponders,
         RedisBrokerError,
         Reject,
+        RemoteError,
+        RequestTimeout,
         WriteRefused,
     )
     from .model_events import publish_model_event
@@ -88,6 +103,7 @@ if TYPE_CHECKING:
         publish_many,
         push,
     )
+    from .requests import Reply, arequest, request
 
 
 def __getattr__(name: str) -> Any:

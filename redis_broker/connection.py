@@ -451,6 +451,14 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
+    def run(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run the script on the sync ``client`` and return its reply."""
+        run: Any = client.execute_command
+        try:
+            return run("EVALSHA", self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return run("EVAL", self.source, len(keys), *keys, *args)
+
     async def arun(
         self, client: redis.asyncio.Redis, keys: Sequence[Any], args: Sequence[Any]
     ) -> Any:

@@ -78,3 +78,25 @@ class ConsumerNameInUse(RedisBrokerError):
     Two processes with one name would share one pending list and each handle what the
     other has in flight, so the second one is refused at start.
     """
+
+
+class NoResponders(RedisBrokerError):
+    """A request found nothing that could answer it: no subscriber, group or live worker."""
+
+
+class RemoteError(RedisBrokerError):
+    """The responder's handler failed for good on a request (``Reject``, retries spent).
+
+    ``type`` and ``message`` are the handler's exception's class name and text.
+    """
+
+    def __init__(self, type: str, message: str, destination: str = "") -> None:
+        self.type = type
+        self.message = message
+        self.destination = destination
+        where = f" ({destination})" if destination else ""
+        super().__init__(f"{type}: {message}{where}")
+
+
+class RequestTimeout(RedisBrokerError, TimeoutError):
+    """No reply came within the request's timeout (the responder is slow, or died)."""

@@ -98,6 +98,16 @@ def deliveries_name(list_name: str) -> str:
 INTERNAL = "redis-broker:"
 
 
+def inbox_name(process: str) -> str:
+    """Return the reply stream (inbox) of one process that sends requests."""
+    return f"{INTERNAL}inbox:{process}"
+
+
+def reply_record_name(correlation_id: str) -> str:
+    """Return the short-lived record of the reply sent to one request (redeliveries)."""
+    return f"{INTERNAL}reply:{correlation_id}"
+
+
 def worker_key(prefix: str, consumer_name: str) -> str:
     """Return the key of one worker process's heartbeat (its consumer name's claim)."""
     return f"{prefix}{INTERNAL}worker:{consumer_name}"

@@ -129,7 +129,7 @@ class ChannelWorker(ConsumerWorker):
         """Settle finished calls; hand out queued messages; else wait for either."""
         assert self.lanes is not None
         await self._take_outcomes()
-        if self._acks or self._outputs:
+        if self._acks or self._outputs or self._replies:
             await self._flush_acks()
         if not self.inbox or self.lanes.waiting() > DISPATCH_BATCH:
             if not self.burst:
@@ -162,8 +162,9 @@ class ChannelWorker(ConsumerWorker):
     async def _settle_failure(
         self, entry_id: bytes, message: StreamMessage, exc: Exception
     ) -> None:
-        """Log and drop: a Pub/Sub message is delivered at most once."""
+        """Log and drop (a Pub/Sub message is delivered at most once); answer a request."""
         self.stats.failed += 1
+        self._reply_error(message, exc)
         logger.error(
             "%s: the handler failed on a message on %s (event %s); dropped (at most once)",
             *(self, message.stream, message.event_id),
@@ -174,8 +175,9 @@ class ChannelWorker(ConsumerWorker):
         raise AssertionError("channel messages are never dead-lettered")  # pragma: no cover
 
     async def _flush_acks(self) -> None:
-        """Nothing to ack on a channel; append the outputs of handled messages."""
+        """Nothing to ack on a channel; send replies, append outputs of handled messages."""
         self._acks = []
+        await self._flush_replies()
         if not self._outputs:
             return
         assert self.client is not None and self.output_key is not None

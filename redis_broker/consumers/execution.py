@@ -80,7 +80,9 @@ class Lanes(Generic[M]):
         if error is not None:
             self.failed.append((entry_id, message, error))
         else:
-            if result is not None:
+            # A value to append, or a request to answer (even with None): the worker
+            # needs the message back.
+            if result is not None or getattr(message, "headers", None):
                 self.results[entry_id] = (message, result)
             self.done.append(entry_id)
         del self.calls[number]

@@ -183,12 +183,12 @@ class ListWorker(ConsumerWorker):
             return False
         assert self.lanes is not None
         wait = min(self.block_ms / 1000, self._reap_at - time.monotonic())
-        self._blocked = self.lanes.watched = True
+        self._blocking(blocking=True)
         try:
             timeout = cast(int, max(self._until_next_retry(wait), 0.01))  # BLMOVE takes seconds
             item = await self.client.blmove(self.key, self.processing_key, timeout, "LEFT", "RIGHT")
         finally:
-            self._blocked = self.lanes.watched = False
+            self._blocking(blocking=False)
         if item is None:
             return False
         count = await self.client.hincrby(self.deliveries_key, item_digest(cast(bytes, item)), 1)
@@ -305,6 +305,7 @@ class ListWorker(ConsumerWorker):
 
     async def _flush_acks(self) -> None:
         """Remove handled items from the processing list (appending outputs), one script."""
+        await self._flush_replies()  # before the removal: a settled request is answered
         if not self._acks and not self._outputs:
             return
         assert self.client is not None

@@ -71,6 +71,7 @@ class ConsumerSpec:
     name: str
     concurrency: int | None = None
     output: str | None = None
+    no_reply: bool = False
 
     #: "stream", "channel" or "list": what the consumer reads.
     kind: ClassVar[str] = ""
@@ -294,6 +295,7 @@ class ConsumerRegistry:
         concurrency: int | None = None,
         start: str = "0",
         output: str | None = None,
+        no_reply: bool = False,
     ) -> Callable[[F], F]:
         """Return a decorator registering a stream consumer here (see :func:`stream_consumer`)."""
         return self._decorator(
@@ -306,6 +308,7 @@ class ConsumerRegistry:
                 concurrency=concurrency,
                 start=start,
                 output=output,
+                no_reply=no_reply,
             ),
             name,
         )
@@ -317,11 +320,17 @@ class ConsumerRegistry:
         name: str | None = None,
         concurrency: int | None = None,
         output: str | None = None,
+        no_reply: bool = False,
     ) -> Callable[[F], F]:
         """Return a decorator registering a channel consumer (see :func:`channel_consumer`)."""
         return self._decorator(
             lambda func, name: ChannelConsumerSpec(
-                func=func, name=name, pattern=pattern, concurrency=concurrency, output=output
+                func=func,
+                name=name,
+                pattern=pattern,
+                concurrency=concurrency,
+                output=output,
+                no_reply=no_reply,
             ),
             name,
         )
@@ -334,6 +343,7 @@ class ConsumerRegistry:
         batch_size: int | None = None,
         concurrency: int | None = None,
         output: str | None = None,
+        no_reply: bool = False,
     ) -> Callable[[F], F]:
         """Return a decorator registering a list consumer here (see :func:`list_consumer`)."""
         return self._decorator(
@@ -344,6 +354,7 @@ class ConsumerRegistry:
                 batch_size=batch_size,
                 concurrency=concurrency,
                 output=output,
+                no_reply=no_reply,
             ),
             name,
         )
@@ -390,6 +401,7 @@ def stream_consumer(
     concurrency: int | None = None,
     start: str = "0",
     output: str | None = None,
+    no_reply: bool = False,
 ) -> Callable[[F], F]:
     """Register a sync or async function as the consumer of ``stream`` in ``group``.
 
@@ -398,7 +410,7 @@ def stream_consumer(
     ``CONSUMERS`` settings for this consumer; ``start`` is where a new group begins
     (``"0"``: events published before the first start are processed too); ``output``
     names a stream each non-None return value is appended to, in the same atomic step
-    as the input's ack.
+    as the input's ack; ``no_reply=True`` never answers requests (see ``request()``).
     """
     return registry.stream_consumer(
         stream,
@@ -408,6 +420,7 @@ def stream_consumer(
         concurrency=concurrency,
         start=start,
         output=output,
+        no_reply=no_reply,
     )
 
 
@@ -417,6 +430,7 @@ def channel_consumer(
     name: str | None = None,
     concurrency: int | None = None,
     output: str | None = None,
+    no_reply: bool = False,
 ) -> Callable[[F], F]:
     """Register a sync or async function as a consumer of Pub/Sub channel ``pattern``.
 
@@ -425,7 +439,9 @@ def channel_consumer(
     a keyword argument: ``@channel_consumer("prices.{symbol}")`` calls
     ``handler(message, symbol="ABC")`` for ``prices.ABC``. At-most-once, as Pub/Sub is.
     """
-    return registry.channel_consumer(pattern, name=name, concurrency=concurrency, output=output)
+    return registry.channel_consumer(
+        pattern, name=name, concurrency=concurrency, output=output, no_reply=no_reply
+    )
 
 
 def list_consumer(
@@ -435,6 +451,7 @@ def list_consumer(
     batch_size: int | None = None,
     concurrency: int | None = None,
     output: str | None = None,
+    no_reply: bool = False,
 ) -> Callable[[F], F]:
     """Register a sync or async function as the consumer of the Redis list ``list_name``.
 
@@ -443,7 +460,12 @@ def list_consumer(
     work as for streams (see the README).
     """
     return registry.list_consumer(
-        list_name, name=name, batch_size=batch_size, concurrency=concurrency, output=output
+        list_name,
+        name=name,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        output=output,
+        no_reply=no_reply,
     )
 
 

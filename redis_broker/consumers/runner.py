@@ -171,6 +171,8 @@ class ConsumerRunner:
             for worker in self.workers:
                 if isinstance(worker, GroupWorker):
                     await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
+                    # Known to the group at once, so requests find a responder from now on.
+                    await client.xgroup_createconsumer(worker.key, worker.group, worker.consumer)
             channel_workers = [w for w in self.workers if isinstance(w, ChannelWorker)]
             if channel_workers:
                 await self._subscribe(channel_workers, config)

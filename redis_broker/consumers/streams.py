@@ -18,10 +18,12 @@ from typing import Any, cast
 import redis
 import redis.asyncio
 
+from .. import wire
 from ..backoff import wait_or_stop
 from ..conf import BrokerConfig
 from ..exceptions import MalformedEntry
-from ..naming import dead_letter_name, prefixed
+from ..naming import dead_letter_name, prefixed, reply_record_name
+from ..requests import request_info
 from ..wire import decode_entry_parts
 from . import policy
 from .message import StreamMessage
@@ -39,6 +41,7 @@ class GroupWorker(ConsumerWorker):
     """
 
     spec: StreamConsumerSpec
+    records_replies = True
 
     def __init__(
         self,
@@ -150,7 +153,7 @@ class GroupWorker(ConsumerWorker):
         # Outputs go in a script on another pooled connection, at the same time as the
         # read: their round trip overlaps it (bench/subscribers.py, outputs).
         flush = asyncio.ensure_future(self._flush_outputs()) if self._outputs else None
-        self._blocked = self.lanes.watched = block is not None
+        self._blocking(blocking=block is not None)
         try:
             if acks:
                 pipe = self.client.pipeline(transaction=False)
@@ -165,7 +168,7 @@ class GroupWorker(ConsumerWorker):
             self._acks[:0] = acks  # not sent: keep them for the next round trip
             raise
         finally:
-            self._blocked = self.lanes.watched = False
+            self._blocking(blocking=False)
             if flush is not None:
                 await flush
         return cast(Any, reply)[0][1] if reply else []
@@ -179,6 +182,7 @@ class GroupWorker(ConsumerWorker):
             # without suspending are then acked by this read, not by a second command.
             await asyncio.sleep(0)
             self._collect()
+        await self._flush_replies()  # before the acks ride with the read
         acks, self._acks = self._acks, []
         entries = await self._fetch(acks, block)
         if not entries:
@@ -311,7 +315,43 @@ class GroupWorker(ConsumerWorker):
                 await self._dead_letter(entry_id, message, "delivered too often without an outcome")
                 continue
             items.append((entry_id, message))
+        if counts is not None and items:
+            items = await self._answer_from_records(items)
         self._submit(items)
+
+    async def _answer_from_records(
+        self, items: list[tuple[bytes, StreamMessage]]
+    ) -> list[tuple[bytes, StreamMessage]]:
+        """Answer redelivered requests whose reply was already sent, without a second call.
+
+        A worker that died after replying and before acking leaves the request pending;
+        whoever takes it finds the reply's record and sends it again.
+        """
+        assert self.client is not None
+        again = [
+            (entry_id, info)
+            for entry_id, message in items
+            if message.delivery_count > 1
+            and not self.spec.no_reply
+            and (info := request_info(message.headers)) is not None
+        ]
+        if not again:
+            return items
+        pipe = self.client.pipeline(transaction=False)
+        for _, info in again:
+            pipe.get(prefixed(self.prefix, reply_record_name(info.correlation_id)))
+        answered: set[bytes] = set()
+        for (entry_id, info), record in zip(again, await pipe.execute(), strict=True):
+            if record is None:
+                continue
+            inbox, _, fields = wire.reply_text(record).partition("\n")
+            self._replies.append(
+                (inbox, wire.loads(fields, what="reply record"), info.correlation_id)
+            )
+            self._acks.append(entry_id)
+            answered.add(entry_id)
+            logger.info("%s: answered request %s from its reply record", self, info.correlation_id)
+        return [item for item in items if item[0] not in answered]
 
     async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
         await self._copy_to_dead_letters(entry_id, message.fields, error, message.delivery_count)
@@ -336,6 +376,7 @@ class GroupWorker(ConsumerWorker):
 
     async def _flush_acks(self) -> None:
         assert self.client is not None
+        await self._flush_replies()  # before the acks: an acked request is answered
         await self._flush_outputs()
         if self._acks:
             acks, self._acks = self._acks, []

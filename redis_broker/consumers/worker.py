@@ -30,7 +30,15 @@ from ..backoff import Backoff, wait_or_stop
 from ..conf import BrokerConfig
 from ..connection import CONNECTION_ERRORS, REDIS_ERRORS
 from ..exceptions import ConsumerGroupMissing, Reject
-from ..naming import prefixed
+from ..naming import prefixed, reply_record_name
+from ..requests import (
+    INBOX_MAXLEN,
+    REPLY_RECORD_MS,
+    Reply,
+    error_fields,
+    reply_fields,
+    request_info,
+)
 from . import policy
 from .execution import Failure, Lanes, lanes_for
 from .message import StreamMessage
@@ -55,6 +63,8 @@ class ConsumerStats:
     dead_lettered: int = 0
     trimmed: int = 0
     reclaimed: int = 0
+    expired: int = 0  # requests whose caller had given up: acked without a call
+    replied: int = 0
 
 
 def describe(exc: BaseException) -> str:
@@ -89,6 +99,7 @@ class ConsumerWorker:
         )
         self.block_ms = settings.block_ms
         self.maxlen = config.stream_maxlen
+        self.prefix = config.key_prefix
         self.burst = burst
         self.is_async = spec.is_async
         self.stats = ConsumerStats()
@@ -96,6 +107,7 @@ class ConsumerWorker:
         self.lanes: Lanes[StreamMessage] | None = None
         self._acks: list[bytes] = []
         self._outputs: dict[bytes, wire.OutputParts] = {}  # entry id -> its output
+        self._replies: list[tuple[str, dict[str, str], str]] = []  # (inbox, fields, cid)
         self._failures: list[Failure[StreamMessage]] = []
         self._in_flight = 0  # entries handed to the lanes whose outcome is not collected
         self._retries = policy.RetrySchedule()
@@ -225,18 +237,57 @@ class ConsumerWorker:
 
     # -- outcomes -----------------------------------------------------------------------
 
+    #: Whether sent replies are recorded, to answer a redelivered request again without
+    #: calling the handler (stream groups, where a request may be delivered twice).
+    records_replies = False
+
     def _submit(self, items: list[tuple[bytes, StreamMessage]]) -> None:
-        """Hand messages to the lanes."""
+        """Hand messages to the lanes; settle requests whose caller already gave up."""
         assert self.lanes is not None
+        if items and not self.spec.no_reply:
+            items = self._without_expired(items)
         if items:
             self._in_flight += len(items)
             self.lanes.submit(items)
+
+    def _without_expired(
+        self, items: list[tuple[bytes, StreamMessage]]
+    ) -> list[tuple[bytes, StreamMessage]]:
+        """Return the items to run: requests past their deadline are acked and counted."""
+        now_ms: int | None = None
+        kept = []
+        for entry_id, message in items:
+            info = request_info(message.headers) if message.headers else None
+            if info is not None and info.deadline_ms is not None:
+                now_ms = now_ms or int(time.time() * 1000)
+                if info.deadline_ms < now_ms:
+                    self._acks.append(entry_id)
+                    self.stats.expired += 1
+                    logger.info(
+                        "%s: skipped request %s: its caller gave up %d ms ago",
+                        *(self, info.correlation_id, now_ms - info.deadline_ms),
+                    )
+                    continue
+            kept.append((entry_id, message))
+        return kept
 
     def _holding(self, ids: Iterable[bytes]) -> set[bytes]:
         """Return which of ``ids`` the lanes still hold (queued, running or unsettled)."""
         if not self._in_flight or self.lanes is None:
             return set()
         return self.lanes.holding().intersection(ids)
+
+    def _blocking(self, blocking: bool) -> None:
+        """Mark the start (True) or end of a read that may block.
+
+        While it blocks, finished calls are settled aside. Outcomes that arrived just
+        before the mark, collected or not, are settled aside at once too: a lane signals
+        only while ``watched`` is set, so they would otherwise wait for the read.
+        """
+        assert self.lanes is not None
+        self._blocked = self.lanes.watched = blocking
+        if blocking and (self.lanes.has_outcomes() or self._failures or self._replies):
+            self._notify()
 
     def _notify(self) -> None:
         """Called on the loop when calls finished: wake the loop, or settle aside."""
@@ -248,8 +299,8 @@ class ConsumerWorker:
         """Settle outcomes while the main loop waits in a blocking read (own connection)."""
         try:
             self._collect()
+            await self._settle_failures()  # first: a request's error reply is then sent too
             await self._flush_acks()
-            await self._settle_failures()
         except REDIS_ERRORS as exc:
             logger.debug("%s: settling deferred to the next read (%s)", self, exc)
         finally:
@@ -263,32 +314,68 @@ class ConsumerWorker:
         done, results, failed = self.lanes.collect()
         self._in_flight -= len(done) + len(failed)
         handled = len(done)
-        if results and self.output_key is not None:
-            # An entry with an output is acked only together with its output's append
-            # (``_outputs``), never by a plain ack: the two must be one atomic step.
-            refused = self._encode_outputs(results)
-            done = [entry_id for entry_id in done if entry_id not in results]
+        if results:
+            refused = self._take_results(results)
+            if refused or self.output_key is not None:
+                # An entry with an output is acked only together with its output's
+                # append (``_outputs``), never by a plain ack: one atomic step.
+                skip = self._outputs.keys() | {entry_id for entry_id, _, _ in refused}
+                done = [entry_id for entry_id in done if entry_id not in skip]
             failed += refused
             handled -= len(refused)
         self._acks += done
         self._failures += failed
         self.stats.processed += handled
 
-    def _encode_outputs(
+    def _take_results(
         self, results: dict[bytes, tuple[StreamMessage, Any]]
     ) -> list[Failure[StreamMessage]]:
-        """Encode each return value as an ``output=`` entry; return the ones that cannot be.
+        """Queue the reply of each request and the ``output=`` entry of each value.
 
-        The entry carries the input's event id in its headers, so it can be traced back.
+        An output carries the input's event id in its headers, so it can be traced back.
         A value that cannot be encoded is the handler's failure, retried like a raise.
+        Returns those failures.
         """
         refused: list[Failure[StreamMessage]] = []
         for entry_id, (message, result) in results.items():
             try:
-                self._outputs[entry_id] = wire.encode_output(result, message.event_id)
+                info = None if self.spec.no_reply else request_info(message.headers)
+                if info is not None:
+                    fields = reply_fields(result, info.correlation_id)
+                    self._replies.append((info.reply_to, fields, info.correlation_id))
+                if self.output_key is not None and result is not None:
+                    value = result.data if isinstance(result, Reply) else result
+                    self._outputs[entry_id] = wire.encode_output(value, message.event_id)
             except TypeError as exc:
                 refused.append((entry_id, message, exc))
         return refused
+
+    def _reply_error(self, message: StreamMessage, exc: BaseException) -> None:
+        """Queue the error reply of a request whose handler failed for good."""
+        info = None if self.spec.no_reply else request_info(message.headers)
+        if info is not None:
+            self._replies.append(
+                (info.reply_to, error_fields(exc, info.correlation_id), info.correlation_id)
+            )
+
+    async def _flush_replies(self) -> None:
+        """Send the queued replies (and their records, see ``records_replies``), one trip."""
+        if not self._replies:
+            return
+        assert self.client is not None
+        replies, self._replies = self._replies, []
+        pipe = self.client.pipeline(transaction=False)
+        for inbox, fields, correlation_id in replies:
+            pipe.xadd(inbox, fields, maxlen=INBOX_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            if self.records_replies:
+                record = prefixed(self.prefix, reply_record_name(correlation_id))
+                pipe.set(record, inbox + "\n" + wire.dumps(fields), px=REPLY_RECORD_MS)
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._replies[:0] = replies
+            raise
+        self.stats.replied += len(replies)
 
     async def _settle_failures(self) -> None:
         failures, self._failures = self._failures, []
@@ -316,6 +403,7 @@ class ConsumerWorker:
             self._retries.add(entry_id, count, delay, time.monotonic())
         elif isinstance(exc, Reject):
             logger.warning("%s was rejected: %s; dead-lettering it", where, exc)
+            self._reply_error(message, exc)
             await self._dead_letter(entry_id, message, describe(exc))
         else:
             logger.error(
@@ -323,6 +411,7 @@ class ConsumerWorker:
                 *(where, count, most),
                 exc_info=exc,
             )
+            self._reply_error(message, exc)
             await self._dead_letter(entry_id, message, describe(exc))
 
     # -- stopping -----------------------------------------------------------------------
@@ -355,7 +444,7 @@ class ConsumerWorker:
         """Ack what was handled; on failure say so (those entries will be delivered again)."""
         if self.lanes is not None:
             self._collect()
-        if not (self._acks or self._outputs) or self.client is None:
+        if not (self._acks or self._outputs or self._replies) or self.client is None:
             return
         count = len(self._acks) + len(self._outputs)
         try:

@@ -15,7 +15,14 @@ import asyncio
 import os
 import time
 
-from redis_broker import Reject, StreamMessage, channel_consumer, list_consumer, stream_consumer
+from redis_broker import (
+    Reject,
+    Reply,
+    StreamMessage,
+    channel_consumer,
+    list_consumer,
+    stream_consumer,
+)
 from redis_broker.connection import get_async_redis, get_redis
 
 from .models import Customer
@@ -102,3 +109,19 @@ async def bill(message: StreamMessage) -> dict[str, object] | None:
         await asyncio.sleep(sleep_ms / 1000)
     _verdict(message, attempts)
     return None if data.get("none") else {"order": data.get("n"), "pid": os.getpid()}
+
+
+QUOTES = "test.quote"
+
+
+@stream_consumer(QUOTES, group="pricing")
+def quote(message: StreamMessage) -> Reply:
+    """Answer a price request (sync), as the payload says: ``sleep_ms``, ``fail_times``..."""
+    client = get_redis()
+    attempts = client.incr(attempts_key(message.event_id))
+    data = message.data if isinstance(message.data, dict) else {}
+    if sleep_ms := data.get("sleep_ms", 0):
+        time.sleep(sleep_ms / 1000)
+    _verdict(message, attempts)
+    client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
+    return Reply({"sku": data.get("sku"), "price": 10}, headers={"currency": "EUR"})

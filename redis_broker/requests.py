@@ -1,0 +1,424 @@
+"""Request/reply: ``request()`` and ``arequest()`` ask a consumer and wait for its answer.
+
+A request is an ordinary event (stream entry, Pub/Sub message or list element) whose
+``headers`` carry three documented fields: ``reply_to`` (the Redis key of the caller's
+inbox stream), ``correlation_id`` and ``deadline`` (epoch milliseconds). Any consumer
+answers with its return value by appending a reply entry to ``reply_to``; so can a
+service in another language.
+
+Replies come back to **one inbox per process**, a stream read by one background thread
+that holds one blocking connection and hands each reply to the caller waiting for its
+correlation id. No request opens a connection or a subscription of its own; a reply
+written while the reader's connection was down is read when it reconnects, because
+it resumes from the last id it read. The inbox expires a minute after its process
+stops refreshing it.
+
+Failures are never a timeout in disguise: ``NoResponders`` when nothing could answer
+(checked in the same round trip as the send), ``RemoteError`` as soon as the handler
+failed for good, ``RequestTimeout`` only for slowness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from . import wire
+from .conf import BrokerConfig, get_config
+from .connection import (
+    CONNECTION_ERRORS,
+    LuaScript,
+    atranslate_errors,
+    build_client,
+    get_async_redis,
+    get_redis,
+    translate_errors,
+)
+from .exceptions import MalformedEntry, NoResponders, RemoteError, RequestTimeout
+from .naming import inbox_name, list_consumers_name, prefixed, worker_key
+
+logger = logging.getLogger("redis_broker.requests")
+
+#: Header fields of a request and of a reply (the README's wire section documents them).
+REPLY_TO = "reply_to"
+CORRELATION_ID = "correlation_id"
+DEADLINE = "deadline"
+STATUS = "status"  # of a reply: "ok", or "error" with data {"type", "message"}
+
+#: The inbox's lifetime (seconds) after its reader last refreshed it.
+INBOX_TTL = 60
+#: Entries an inbox keeps at most (approximate trimming by the responders).
+INBOX_MAXLEN = 10_000
+#: How long (ms) a sent reply is kept to answer a redelivered request without a second
+#: call: longer than any request waits.
+REPLY_RECORD_MS = 10 * 60 * 1000
+#: Sends of one event loop at once: many concurrent ``arequest`` calls share a few
+#: connections instead of opening one each.
+MAX_CONCURRENT_SENDS = 8
+
+VIAS = ("stream", "channel", "list")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply: the responder's return value as ``data``, its ``headers`` and ``event_id``.
+
+    A responder may return ``Reply(data, headers={...})`` to add headers of its own.
+    """
+
+    data: Any
+    headers: dict[str, Any] = field(default_factory=dict)
+    event_id: str = ""
+
+
+# Append the request only if a group of the stream has a consumer that read recently.
+_SEND_TO_STREAM = LuaScript("""
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return false end
+for _, group in ipairs(groups) do
+  local name
+  for i = 1, #group, 2 do if group[i] == 'name' then name = group[i + 1] end end
+  local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], name)
+  for _, consumer in ipairs(consumers) do
+    for i = 1, #consumer, 2 do
+      if consumer[i] == 'idle' and consumer[i + 1] < tonumber(ARGV[1]) then
+        if ARGV[2] ~= '' then
+          return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+        end
+        return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+      end
+    end
+  end
+end
+return false
+""")
+
+
+class Inbox:
+    """This process's reply stream and the thread that reads it.
+
+    Callers register a correlation id before they send (``expect``) and wait on the
+    returned future; the reader completes it. Created on first use, per process.
+    """
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.key = prefixed(
+            config.key_prefix,
+            inbox_name(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"),
+        )
+        self._waiting: dict[str, concurrent.futures.Future[dict[str, str]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="redis-broker-inbox", daemon=True)
+        self._thread.start()
+
+    def expect(self, correlation_id: str) -> concurrent.futures.Future[dict[str, str]]:
+        """Return the future the reply to ``correlation_id`` will complete."""
+        future: concurrent.futures.Future[dict[str, str]] = concurrent.futures.Future()
+        with self._lock:
+            self._waiting[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> None:
+        """Stop waiting for ``correlation_id`` (answered, timed out or refused)."""
+        with self._lock:
+            self._waiting.pop(correlation_id, None)
+
+    def close(self) -> None:
+        """Stop the reader (it notices within a second)."""
+        self._stop.set()
+
+    def _read(self) -> None:
+        """Read replies until closed; survive outages, resuming after the last id read."""
+        last_id = "$"
+        client: redis.Redis | None = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    client = build_client(self.config)
+                    if last_id == "$":  # the first read: nothing of ours can be there yet
+                        last_id = "0-0"
+                pipe = client.pipeline(transaction=False)
+                pipe.expire(self.key, INBOX_TTL)
+                pipe.xread({self.key: last_id}, count=1000, block=1000)
+                _, reply = pipe.execute()
+                failures = 0
+            except CONNECTION_ERRORS + (redis.RedisError,) as exc:
+                failures += 1
+                if failures == 1:
+                    logger.warning("Request inbox lost Redis (%s); reconnecting", exc)
+                if client is not None:
+                    client.close()
+                    client = None
+                self._stop.wait(min(0.05 * 2**failures, 1.0))
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = wire.reply_text(entry_id)
+                    self._deliver(fields)
+        if client is not None:
+            client.close()
+
+    def _deliver(self, raw: Mapping[Any, Any]) -> None:
+        try:
+            fields = wire.fields_as_text(raw)
+            headers = wire.loads(fields.get(wire.HEADERS, "{}"), what="reply headers")
+            correlation_id = str(headers.get(CORRELATION_ID, ""))
+        except (MalformedEntry, AttributeError) as exc:
+            logger.warning("Dropped a malformed reply in %s (%s)", self.key, exc)
+            return
+        with self._lock:
+            future = self._waiting.pop(correlation_id, None)
+        if future is not None and not future.done():
+            future.set_result(fields)
+
+
+_inbox: tuple[int, Inbox] | None = None
+_inbox_lock = threading.Lock()
+_send_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_inbox() -> Inbox:
+    """Return this process's inbox, starting its reader on first use (and after a fork)."""
+    global _inbox
+    with _inbox_lock:
+        if _inbox is None or _inbox[0] != os.getpid():
+            _inbox = (os.getpid(), Inbox(get_config()))
+        return _inbox[1]
+
+
+def reset_inbox() -> None:
+    """Stop this process's inbox reader; the next request starts a new one (tests)."""
+    global _inbox
+    with _inbox_lock:
+        if _inbox is not None:
+            _inbox[1].close()
+        _inbox = None
+
+
+def _request_headers(
+    inbox: Inbox, correlation_id: str, timeout: float, headers: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    merged = dict(headers or {})
+    merged[REPLY_TO] = inbox.key
+    merged[CORRELATION_ID] = correlation_id
+    merged[DEADLINE] = int((time.time() + timeout) * 1000)
+    return merged
+
+
+def _check(via: str, timeout: float) -> None:
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {', '.join(VIAS)}, not {via!r}.")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}.")
+
+
+def _reply(fields: Mapping[str, str], destination: str) -> Reply:
+    """Return the reply in ``fields``, or raise the responder's error."""
+    headers = wire.loads(fields.get(wire.HEADERS, "{}"), what="reply headers")
+    data = wire.loads(fields.get(wire.DATA, "null"), what="reply")
+    if headers.get(STATUS) == "error":
+        error = data if isinstance(data, dict) else {}
+        raise RemoteError(
+            str(error.get("type", "Error")), str(error.get("message", "")), destination
+        )
+    own = {k: v for k, v in headers.items() if k not in (STATUS, CORRELATION_ID)}
+    return Reply(data, own, fields.get(wire.EVENT_ID, ""))
+
+
+def request(
+    destination: str,
+    data: Any,
+    *,
+    timeout: float = 5.0,
+    via: str = "stream",
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> Reply:
+    """Send ``data`` to whatever consumes ``destination`` and return its reply.
+
+    ``via`` is ``"stream"`` (the default), ``"channel"`` or ``"list"``. Raises
+    ``NoResponders`` at once when nothing can answer, ``RemoteError`` when the handler
+    failed for good, ``RequestTimeout`` after ``timeout`` seconds without a reply.
+    Usable from any thread (a WSGI view, a sync consumer).
+    """
+    _check(via, timeout)
+    inbox = get_inbox()
+    correlation_id = uuid.uuid4().hex
+    future = inbox.expect(correlation_id)
+    try:
+        message = _encode(
+            via, data, type, _request_headers(inbox, correlation_id, timeout, headers)
+        )
+        if not _send_sync(via, destination, message):
+            raise NoResponders(f"Nothing consumes {via} {destination!r}: no one can answer.")
+        try:
+            fields = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RequestTimeout(
+                f"No reply from {via} {destination!r} within {timeout} s."
+            ) from None
+    finally:
+        inbox.forget(correlation_id)
+    return _reply(fields, destination)
+
+
+async def arequest(
+    destination: str,
+    data: Any,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 - the contract's name, the same as request()'s
+    via: str = "stream",
+    type: str = "",
+    headers: Mapping[str, Any] | None = None,
+) -> Reply:
+    """Async twin of :func:`request`, for ASGI code and async consumers."""
+    _check(via, timeout)
+    inbox = get_inbox()
+    correlation_id = uuid.uuid4().hex
+    future = asyncio.wrap_future(inbox.expect(correlation_id))
+    try:
+        message = _encode(
+            via, data, type, _request_headers(inbox, correlation_id, timeout, headers)
+        )
+        loop = asyncio.get_running_loop()
+        limit = _send_limits.get(loop)
+        if limit is None:
+            limit = _send_limits[loop] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+        async with limit, atranslate_errors():
+            sent = await _send_async(via, destination, message)
+        if not sent:
+            raise NoResponders(f"Nothing consumes {via} {destination!r}: no one can answer.")
+        try:
+            async with asyncio.timeout(timeout):
+                fields = await future
+        except TimeoutError:
+            raise RequestTimeout(
+                f"No reply from {via} {destination!r} within {timeout} s."
+            ) from None
+    finally:
+        inbox.forget(correlation_id)
+    return _reply(fields, destination)
+
+
+def _encode(via: str, data: Any, type: str, headers: dict[str, Any]) -> Any:
+    if via == "stream":
+        return wire.encode_entry(data, type=type, headers=headers)
+    return wire.encode_message(data, type=type, headers=headers)
+
+
+def responder_idle_ms(config: BrokerConfig) -> int:
+    """Return how long (ms) a group's consumer may go without touching the stream and
+    still count as a responder: three times the longest a live worker stays silent.
+
+    A worker reads every ``BLOCK_MS`` and, even with every lane busy, renews its claims
+    every ``CLAIM_IDLE_MS / 2`` (at most 5 s): 15 s with the default settings.
+    """
+    settings = config.consumers
+    return 3 * max(settings.block_ms, min(settings.claim_idle_ms // 2, 5000))
+
+
+def _stream_args(config: BrokerConfig, fields: Mapping[str, str]) -> list[Any]:
+    maxlen = "" if config.stream_maxlen is None else config.stream_maxlen
+    flat = [part for item in fields.items() for part in item]
+    return [responder_idle_ms(config), maxlen, *flat]
+
+
+def _send_sync(via: str, destination: str, message: Any) -> bool:
+    """Send the request; return False when nothing can answer it."""
+    config = get_config()
+    key = prefixed(config.key_prefix, destination)
+    client = get_redis()
+    with translate_errors():
+        if via == "stream":
+            return _SEND_TO_STREAM.run(client, [key], _stream_args(config, message)) is not None
+        if via == "channel":
+            return int(client.publish(key, message)) > 0
+        if not _list_has_responders(client, config, destination):
+            return False
+        client.rpush(key, message)
+        return True
+
+
+async def _send_async(via: str, destination: str, message: Any) -> bool:
+    config = get_config()
+    key = prefixed(config.key_prefix, destination)
+    client = get_async_redis()
+    if via == "stream":
+        reply = await _SEND_TO_STREAM.arun(client, [key], _stream_args(config, message))
+        return reply is not None
+    if via == "channel":
+        return int(await client.publish(key, message)) > 0
+    names = await client.smembers(prefixed(config.key_prefix, list_consumers_name(destination)))
+    if not names:
+        return False
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(worker_key(config.key_prefix, wire.reply_text(name)))
+    if not any(await pipe.execute()):
+        return False
+    await client.rpush(key, message)
+    return True
+
+
+def _list_has_responders(client: redis.Redis, config: BrokerConfig, destination: str) -> bool:
+    """Return True when a worker of the list's consumer is alive (its heartbeat is there)."""
+    names = client.smembers(prefixed(config.key_prefix, list_consumers_name(destination)))
+    if not names:
+        return False
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(worker_key(config.key_prefix, wire.reply_text(name)))
+    return any(pipe.execute())
+
+
+# -- the responder's side (used by the consumer workers) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """Where a request's reply goes, how it is matched, and until when it is wanted."""
+
+    reply_to: str
+    correlation_id: str
+    deadline_ms: int | None
+
+
+def request_info(headers: Mapping[str, Any]) -> RequestInfo | None:
+    """Return the request fields of a message's headers, or None for a plain message."""
+    reply_to, correlation_id = headers.get(REPLY_TO), headers.get(CORRELATION_ID)
+    if not isinstance(reply_to, str) or not reply_to or correlation_id is None:
+        return None
+    deadline = headers.get(DEADLINE)
+    deadline_ms = int(deadline) if isinstance(deadline, (int, float)) else None
+    return RequestInfo(reply_to, str(correlation_id), deadline_ms)
+
+
+def reply_fields(result: Any, correlation_id: str) -> dict[str, str]:
+    """Return the reply entry for a handler's return value (a ``Reply`` adds headers)."""
+    data, extra = (result.data, result.headers) if isinstance(result, Reply) else (result, {})
+    headers = {**extra, CORRELATION_ID: correlation_id, STATUS: "ok"}
+    return wire.encode_entry(data, headers=headers)
+
+
+def error_fields(exc: BaseException, correlation_id: str) -> dict[str, str]:
+    """Return the reply entry telling the caller that the handler failed for good."""
+    error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
+    return wire.encode_entry(error, headers={CORRELATION_ID: correlation_id, STATUS: "error"})
