@@ -62,6 +62,7 @@ bench: install ## Run every benchmark (each starts its own private Redis)
 	$(BIN)/python bench/model_events.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/admin.py
+	$(BIN)/python bench/rpc.py
 
 clean: ## Remove the virtualenv, caches and local databases
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache .mypy_cache

@@ -1,7 +1,9 @@
 """Run the demo: a private Redis when REDIS_URL is unset, migrations, demo users,
 daphne on http://127.0.0.1:8000 and ``runconsumers``, until Ctrl-C.
 
-Used by ``make demo``; run it as ``python -m demo_site.run``.
+Used by ``make demo``; run it as ``python -m demo_site.run``. ``DEMO_CONSUMERS`` (names
+separated by spaces) runs only those consumers, e.g. all but ``price_quote`` to see the
+quote page without a pricing service.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 HOST = os.environ.get("DEMO_HOST", "127.0.0.1")
 PORT = os.environ.get("DEMO_PORT", "8000")
+CONSUMERS = os.environ.get("DEMO_CONSUMERS", "").split()  # none: all of them
 
 
 def main() -> int:
@@ -39,7 +42,7 @@ def main() -> int:
             env=env,
             cwd=BASE_DIR,
         ),
-        subprocess.Popen([*manage, "runconsumers"], env=env, cwd=BASE_DIR),
+        subprocess.Popen([*manage, "runconsumers", *CONSUMERS], env=env, cwd=BASE_DIR),
     ]
     print(f"Demo on http://{HOST}:{PORT}/ (admin at /admin/). Ctrl-C stops it.", flush=True)
     stopping = False

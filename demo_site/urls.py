@@ -14,6 +14,7 @@ urlpatterns = [
     path("tickets/new/", views.create_ticket, name="create_ticket"),
     path("tickets/<int:pk>/", views.update_ticket, name="update_ticket"),
     path("emails/", views.emails, name="emails"),
+    path("quote/", views.quote, name="quote"),
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

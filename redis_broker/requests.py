@@ -35,9 +35,11 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from . import wire
-from .conf import BrokerConfig, get_config
+from .conf import SETTING_NAME, BrokerConfig, get_config
 from .connection import (
     CONNECTION_ERRORS,
     LuaScript,
@@ -84,26 +86,36 @@ class Reply:
     event_id: str = ""
 
 
-# Append the request only if a group of the stream has a consumer that read recently.
+# Append the request only if a group of the stream has a live consumer: one whose worker
+# heartbeat exists (ARGV[3] .. name; our workers, however long their stream was quiet),
+# or, for consumers written without this package, one that touched the stream less
+# than ARGV[1] ms ago. The heartbeat keys are named here, not declared: a Redis Cluster
+# deployment needs them in the stream's slot (issue of the Cluster work).
 _SEND_TO_STREAM = LuaScript("""
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then return false end
+local live = false
 for _, group in ipairs(groups) do
-  local name
-  for i = 1, #group, 2 do if group[i] == 'name' then name = group[i + 1] end end
-  local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], name)
-  for _, consumer in ipairs(consumers) do
+  local gname
+  for i = 1, #group, 2 do if group[i] == 'name' then gname = group[i + 1] end end
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], gname)) do
+    local cname, idle
     for i = 1, #consumer, 2 do
-      if consumer[i] == 'idle' and consumer[i + 1] < tonumber(ARGV[1]) then
-        if ARGV[2] ~= '' then
-          return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-        end
-        return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-      end
+      if consumer[i] == 'name' then cname = consumer[i + 1] end
+      if consumer[i] == 'idle' then idle = consumer[i + 1] end
+    end
+    if redis.call('EXISTS', ARGV[3] .. cname) == 1 or idle < tonumber(ARGV[1]) then
+      live = true
+      break
     end
   end
+  if live then break end
 end
-return false
+if not live then return false end
+if ARGV[2] ~= '' then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 """)
 
 
@@ -211,6 +223,13 @@ def reset_inbox() -> None:
         if _inbox is not None:
             _inbox[1].close()
         _inbox = None
+
+
+@receiver(setting_changed)
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """Start a new inbox, on the new settings, when a test overrides ``REDIS_BROKER``."""
+    if setting == SETTING_NAME:
+        reset_inbox()
 
 
 def _request_headers(
@@ -325,11 +344,13 @@ def _encode(via: str, data: Any, type: str, headers: dict[str, Any]) -> Any:
 
 
 def responder_idle_ms(config: BrokerConfig) -> int:
-    """Return how long (ms) a group's consumer may go without touching the stream and
-    still count as a responder: three times the longest a live worker stays silent.
+    """Return how long (ms) a group's consumer without a worker heartbeat (a responder
+    written without this package) may go without touching the stream and still count:
+    three times the longest one of our workers with entries goes without (it reads every
+    ``BLOCK_MS``, and renews its claims every ``CLAIM_IDLE_MS / 2``, at most 5 s).
 
-    A worker reads every ``BLOCK_MS`` and, even with every lane busy, renews its claims
-    every ``CLAIM_IDLE_MS / 2`` (at most 5 s): 15 s with the default settings.
+    Redis 7.0 does not count an empty blocking read as activity, so such a responder
+    counts only while its stream is busy; Redis 7.2 counts every read.
     """
     settings = config.consumers
     return 3 * max(settings.block_ms, min(settings.claim_idle_ms // 2, 5000))
@@ -338,7 +359,8 @@ def responder_idle_ms(config: BrokerConfig) -> int:
 def _stream_args(config: BrokerConfig, fields: Mapping[str, str]) -> list[Any]:
     maxlen = "" if config.stream_maxlen is None else config.stream_maxlen
     flat = [part for item in fields.items() for part in item]
-    return [responder_idle_ms(config), maxlen, *flat]
+    heartbeats = worker_key(config.key_prefix, "")  # + a consumer's name
+    return [responder_idle_ms(config), maxlen, heartbeats, *flat]
 
 
 def _send_sync(via: str, destination: str, message: Any) -> bool:

@@ -6,10 +6,13 @@
   it keeps who is there and broadcasts the list on ``online.<room>``.
 * ``send_email`` (list): the tickets view ``push()``es an e-mail job to ``demo.emails``;
   it sends the mail and rings the recipient's bell.
+* ``price_quote`` (stream, request/reply): the quote page ``request()``s a price on
+  ``demo.quotes`` and waits for the return value.
 """
 
 import re
 import time
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -17,6 +20,7 @@ from django.core.mail import send_mail
 
 from redis_broker import (
     Reject,
+    Reply,
     broadcast,
     channel_consumer,
     get_redis,
@@ -24,11 +28,22 @@ from redis_broker import (
     stream_consumer,
 )
 
-from .views import PRESENCE_HEARTBEAT, email_address
+from .views import PRESENCE_HEARTBEAT, QUOTE_TIMEOUT, email_address
 
 STATUS_LABELS = {"open": "Open", "in_progress": "In progress", "resolved": "Resolved"}
 #: A page not heard from for this long has gone (it missed two heartbeats).
 PRESENCE_TIMEOUT = 3 * PRESENCE_HEARTBEAT
+#: The price list of ``price_quote``: SKU -> (product, unit price in euros).
+PRICES = {
+    "A1": ("Espresso cup", Decimal("4.50")),
+    "B2": ("Teapot", Decimal("24.00")),
+    "C3": ("Coffee grinder", Decimal("89.90")),
+    "Z9": ("Made-to-order table (slow to price)", Decimal("640.00")),
+}
+#: SKUs whose price takes longer to work out than the quote page waits.
+SLOW_SKUS = {"Z9"}
+#: From this many items on, a quote is 10% off.
+BULK_QUANTITY = 10
 
 
 @stream_consumer("demo.tickets", group="notifier")
@@ -108,4 +123,36 @@ def send_email(message: Any) -> None:
             "text": f"E-mail sent: {job['subject']}",
         },
         type="demo.notification",
+    )
+
+
+@stream_consumer("demo.quotes", group="pricing")
+def price_quote(message: Any) -> Reply:
+    """Price ``quantity`` items of ``sku``: the return value is the caller's reply.
+
+    The quote page calls ``request("demo.quotes", ...)`` and waits. ``Reject`` fails the
+    request for good: the caller gets ``RemoteError`` with this message at once, instead
+    of waiting for a timeout. The currency travels as a reply header.
+    """
+    data = message.data if isinstance(message.data, dict) else {}
+    sku, quantity = str(data.get("sku", "")), data.get("quantity")
+    if sku not in PRICES:
+        raise Reject(f"unknown product {sku!r}")
+    if not isinstance(quantity, int) or quantity < 1:
+        raise Reject(f"the quantity must be a positive whole number, not {quantity!r}")
+    if sku in SLOW_SKUS:
+        time.sleep(QUOTE_TIMEOUT + 1)  # the page gives up first: RequestTimeout
+    name, unit_price = PRICES[sku]
+    discount = Decimal("0.10") if quantity >= BULK_QUANTITY else Decimal(0)
+    total = (unit_price * quantity * (1 - discount)).quantize(Decimal("0.01"))
+    return Reply(
+        {
+            "sku": sku,
+            "product": name,
+            "quantity": quantity,
+            "unit_price": str(unit_price),
+            "discount": f"{discount:.0%}",
+            "total": str(total),
+        },
+        headers={"currency": "EUR"},
     )

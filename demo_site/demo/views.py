@@ -1,15 +1,19 @@
-"""Views of the demo site: home, chat rooms, the user's tickets and the e-mails sent."""
+"""Views of the demo site: home, chat rooms, the user's tickets, the e-mails sent and
+price quotes."""
 
 import re
+import time
 from typing import Any
 
+from django import forms
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from redis_broker import push
+import redis_broker
+from redis_broker import NoResponders, RemoteError, RequestTimeout, push
 
 from .models import SentEmail, Ticket
 
@@ -17,6 +21,8 @@ ROOMS = ["lobby", "random", "support"]
 ROOM_RE = re.compile(r"[a-z0-9_-]{1,50}")
 #: How often an open chat page says it is still there (seconds); see consumers.py.
 PRESENCE_HEARTBEAT = 10
+#: How long the quote page waits for the pricing service (seconds).
+QUOTE_TIMEOUT = 2.0
 
 
 def email_address(user: Any) -> str:
@@ -98,3 +104,38 @@ def emails(request: HttpRequest) -> HttpResponse:
     address = email_address(request.user)
     sent = SentEmail.objects.filter(to=address)[:50]
     return render(request, "emails.html", {"emails": sent, "address": address})
+
+
+class QuoteForm(forms.Form):
+    """What the quote page asks the pricing service about."""
+
+    sku = forms.CharField(label="Product SKU", max_length=40, initial="A1")
+    quantity = forms.IntegerField(label="Quantity", min_value=1, max_value=1000, initial=1)
+
+
+@login_required
+def quote(request: HttpRequest) -> HttpResponse:
+    """Ask the pricing service for a quote and show its answer, or why there is none.
+
+    ``redis_broker.request()`` (qualified: a view's ``request`` is the HTTP request)
+    blocks this view until the ``price_quote`` consumer in consumers.py replies. It
+    fails fast when nothing can answer (``NoResponders``) or the service refused
+    (``RemoteError``); only a slow service costs the full ``QUOTE_TIMEOUT``.
+    """
+    form = QuoteForm(request.POST if request.method == "POST" else None)
+    outcome: dict[str, Any] | None = None
+    if form.is_valid():
+        started = time.perf_counter()
+        try:
+            reply = redis_broker.request("demo.quotes", form.cleaned_data, timeout=QUOTE_TIMEOUT)
+            outcome = {"kind": "price", "quote": reply.data, "headers": reply.headers}
+        except NoResponders:
+            outcome = {"kind": "no-responders"}
+        except RemoteError as exc:
+            outcome = {"kind": "refused", "error": exc}
+        except RequestTimeout:
+            outcome = {"kind": "timeout"}
+        outcome["elapsed_ms"] = (time.perf_counter() - started) * 1000
+    return render(
+        request, "quote.html", {"form": form, "outcome": outcome, "timeout": QUOTE_TIMEOUT}
+    )

@@ -227,6 +227,24 @@ async def reclaim(
     return next_cursor, entries, deleted
 
 
+# Remove the consumer from its group, but only if it holds no pending entry (deleting a
+# consumer drops its pending entries from the group).
+_LEAVE_GROUP = LuaScript("""
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+""")
+
+
+async def leave_group(client: redis.asyncio.Redis, key: str, group: str, consumer: str) -> bool:
+    """Remove a stopping consumer from its group when it holds nothing; return True if so.
+
+    Request callers then see at once that it no longer answers (``NoResponders``).
+    """
+    return int(await _LEAVE_GROUP.arun(client, [key], [group, consumer])) >= 0
+
+
 async def renew(
     client: redis.asyncio.Redis, *, key: str, group: str, consumer: str, ids: Sequence[bytes]
 ) -> None:

@@ -405,6 +405,17 @@ class GroupWorker(ConsumerWorker):
             self._outputs.update(outputs)
             raise
 
+    async def _final_flush(self) -> None:
+        """Ack what was handled, then leave the group if this consumer holds nothing."""
+        await super()._final_flush()
+        if self.client is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await policy.leave_group(self.client, self.key, self.group, self.consumer)
+        except Exception as exc:  # the group may be gone, or Redis: nothing to undo
+            logger.debug("%s: did not leave the group (%s)", self, exc)
+
     async def pending(self) -> int:
         """Return how many entries of this group are pending (all its consumers)."""
         assert self.client is not None

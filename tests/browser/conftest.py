@@ -3,11 +3,13 @@ logged-in pages."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from redis_broker.testing import stop_process, wait_for
 from tests.helpers import manage, subprocess_env
@@ -21,6 +23,32 @@ def daphne_server(transactional_db: None, redis_broker_url: str) -> Iterator[Liv
         yield server
 
 
+@contextlib.contextmanager
+def running_consumers(
+    names: tuple[str, ...], ready: Callable[[], bool], what: str, env: dict[str, str]
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``manage.py runconsumers <names>`` until the block ends, once ``ready()`` holds.
+
+    Its output is printed on the way out, so pytest shows it when the test failed.
+    """
+    process = manage("runconsumers", *names, env=env)
+
+    def started() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"runconsumers {' '.join(names)} exited")
+        return ready()
+
+    try:
+        wait_for(started, timeout=30, message=what)
+        yield process
+    finally:
+        stop_process(process)
+        assert process.stdout is not None
+        output = process.stdout.read()
+        process.stdout.close()
+        print(f"runconsumers {' '.join(names)} output:\n{output}")
+
+
 @pytest.fixture
 def demo_consumers(
     transactional_db: None, redis_broker_url: str, redis_client: Any
@@ -28,25 +56,40 @@ def demo_consumers(
     """Run the demo's channel and list consumers in ``manage.py runconsumers``.
 
     Returns once the channel consumer's pattern subscription is live (Pub/Sub keeps
-    nothing for late subscribers). Its output is printed when the test failed.
+    nothing for late subscribers).
     """
-    env = subprocess_env(REDIS_URL=redis_broker_url)
-    process = manage("runconsumers", "track_presence", "send_email", env=env)
-
-    def subscribed() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"runconsumers exited: {process.communicate()[0]}")
-        return bool(redis_client.pubsub_numpat())  # presence.* (the relay only SUBSCRIBEs)
-
-    try:
-        wait_for(subscribed, timeout=30, message="runconsumers subscribed to presence.*")
+    with running_consumers(
+        ("track_presence", "send_email"),
+        lambda: bool(redis_client.pubsub_numpat()),  # presence.* (the relay only SUBSCRIBEs)
+        "runconsumers subscribed to presence.*",
+        subprocess_env(REDIS_URL=redis_broker_url),
+    ) as process:
         yield process
-    finally:
-        stop_process(process)
-        assert process.stdout is not None
-        output = process.stdout.read()
-        process.stdout.close()
-        print(f"runconsumers output:\n{output}")  # pytest shows it when the test failed
+
+
+@pytest.fixture
+def pricing_consumer(
+    transactional_db: None, redis_broker_url: str, redis_client: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """Run the demo's pricing service: ``runconsumers price_quote``.
+
+    Returns once a consumer of the ``pricing`` group has read ``demo.quotes``: from then
+    on ``request("demo.quotes", ...)`` finds a responder.
+    """
+
+    def reading() -> bool:
+        try:
+            return bool(redis_client.xinfo_consumers("demo.quotes", "pricing"))
+        except redis.ResponseError:  # no stream or no group yet
+            return False
+
+    with running_consumers(
+        ("price_quote",),
+        reading,
+        "runconsumers reading demo.quotes",
+        subprocess_env(REDIS_URL=redis_broker_url),
+    ) as process:
+        yield process
 
 
 @pytest.fixture

@@ -395,3 +395,26 @@ def test_a_request_sent_with_redis_cli_is_answered_by_a_stream_consumer(
     assert headers == {"currency": "EUR", "correlation_id": "shell-cid", "status": "ok"}
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_on_a_quiet_stream_still_answers_and_a_stopped_one_does_not(
+    redis_client: redis.Redis, start_worker: Callable[..., Worker]
+) -> None:
+    """Tests the responder check: heartbeats, not the stream's last read, tell who is alive."""
+    worker = start_worker("quote")
+    worker.wait_for_line("Running")
+    quiet_for = responder_idle_ms(get_config())
+    wait_for(
+        lambda: redis_client.xinfo_consumers(QUOTES, "pricing")[0]["idle"] > quiet_for,
+        message="a stream quieter than the idle threshold",
+    )
+    assert request(QUOTES, {"sku": "Q1"}, timeout=5).data == {"sku": "Q1", "price": 10}
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output
+    assert redis_client.xinfo_consumers(QUOTES, "pricing") == []  # it left its group
+    started = time.monotonic()
+    with pytest.raises(NoResponders):
+        request(QUOTES, {"sku": "Q2"}, timeout=5)
+    assert time.monotonic() - started < 0.05
