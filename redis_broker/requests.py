@@ -287,13 +287,11 @@ def request(
             via, data, type, _request_headers(inbox, correlation_id, timeout, headers)
         )
         if not _send_sync(via, destination, message):
-            raise NoResponders(f"Nothing consumes {via} {destination!r}: no one can answer.")
+            raise _nobody(via, destination)
         try:
             fields = future.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise RequestTimeout(
-                f"No reply from {via} {destination!r} within {timeout} s."
-            ) from None
+            raise _too_slow(via, destination, timeout) from None
     finally:
         inbox.forget(correlation_id)
     return _reply(fields, destination)
@@ -324,17 +322,23 @@ async def arequest(
         async with limit, atranslate_errors():
             sent = await _send_async(via, destination, message)
         if not sent:
-            raise NoResponders(f"Nothing consumes {via} {destination!r}: no one can answer.")
+            raise _nobody(via, destination)
         try:
             async with asyncio.timeout(timeout):
                 fields = await future
         except TimeoutError:
-            raise RequestTimeout(
-                f"No reply from {via} {destination!r} within {timeout} s."
-            ) from None
+            raise _too_slow(via, destination, timeout) from None
     finally:
         inbox.forget(correlation_id)
     return _reply(fields, destination)
+
+
+def _nobody(via: str, destination: str) -> NoResponders:
+    return NoResponders(f"Nothing consumes {via} {destination!r}: no one can answer.")
+
+
+def _too_slow(via: str, destination: str, timeout: float) -> RequestTimeout:
+    return RequestTimeout(f"No reply from {via} {destination!r} within {timeout} s.")
 
 
 def _encode(via: str, data: Any, type: str, headers: dict[str, Any]) -> Any:
