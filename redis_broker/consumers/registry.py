@@ -275,12 +275,13 @@ class ConsumerRegistry:
         self._specs[path] = spec
 
     def _decorator(
-        self, make: Callable[[Callable[..., Any], str], ConsumerSpec], name: str | None
+        self, kind: type[ConsumerSpec], name: str | None, **options: Any
     ) -> Callable[[F], F]:
-        """Return a decorator that registers ``make(func, name)`` and returns ``func``."""
+        """Return a decorator that registers a ``kind`` spec of ``func`` and returns ``func``."""
 
         def decorate(func: F) -> F:
-            self.register(make(func, getattr(func, "__name__", "") if name is None else name))
+            spec_name = getattr(func, "__name__", "") if name is None else name
+            self.register(kind(func=func, name=spec_name, **options))
             return func
 
         return decorate
@@ -299,18 +300,15 @@ class ConsumerRegistry:
     ) -> Callable[[F], F]:
         """Return a decorator registering a stream consumer here (see :func:`stream_consumer`)."""
         return self._decorator(
-            lambda func, name: StreamConsumerSpec(
-                func=func,
-                name=name,
-                stream=stream,
-                group=group,
-                batch_size=batch_size,
-                concurrency=concurrency,
-                start=start,
-                output=output,
-                no_reply=no_reply,
-            ),
+            StreamConsumerSpec,
             name,
+            stream=stream,
+            group=group,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            start=start,
+            output=output,
+            no_reply=no_reply,
         )
 
     def channel_consumer(
@@ -324,15 +322,12 @@ class ConsumerRegistry:
     ) -> Callable[[F], F]:
         """Return a decorator registering a channel consumer (see :func:`channel_consumer`)."""
         return self._decorator(
-            lambda func, name: ChannelConsumerSpec(
-                func=func,
-                name=name,
-                pattern=pattern,
-                concurrency=concurrency,
-                output=output,
-                no_reply=no_reply,
-            ),
+            ChannelConsumerSpec,
             name,
+            pattern=pattern,
+            concurrency=concurrency,
+            output=output,
+            no_reply=no_reply,
         )
 
     def list_consumer(
@@ -347,16 +342,13 @@ class ConsumerRegistry:
     ) -> Callable[[F], F]:
         """Return a decorator registering a list consumer here (see :func:`list_consumer`)."""
         return self._decorator(
-            lambda func, name: ListConsumerSpec(
-                func=func,
-                name=name,
-                list=list_name,
-                batch_size=batch_size,
-                concurrency=concurrency,
-                output=output,
-                no_reply=no_reply,
-            ),
+            ListConsumerSpec,
             name,
+            list=list_name,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            output=output,
+            no_reply=no_reply,
         )
 
     def all(self) -> list[ConsumerSpec]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 from redis_broker import (
     Reject,
@@ -88,9 +89,8 @@ async def on_price(message: StreamMessage, symbol: str) -> None:
     await get_async_redis().rpush(PRICES, f"{symbol} {message.event_id} {message.stream}")
 
 
-@list_consumer(JOBS, batch_size=50)
-def run_job(message: StreamMessage) -> None:
-    """Handle ``test.jobs`` items as the payload says (sync, like ``scripted_sync``)."""
+def _handle_as_scripted(message: StreamMessage) -> dict[str, Any]:
+    """Count the call, sleep and fail as the payload says, record a success; return the data."""
     client = get_redis()
     attempts = client.incr(attempts_key(message.event_id))
     data = message.data if isinstance(message.data, dict) else {}
@@ -98,6 +98,13 @@ def run_job(message: StreamMessage) -> None:
         time.sleep(sleep_ms / 1000)
     _verdict(message, attempts)
     client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
+    return data
+
+
+@list_consumer(JOBS, batch_size=50)
+def run_job(message: StreamMessage) -> None:
+    """Handle ``test.jobs`` items as the payload says (sync, like ``scripted_sync``)."""
+    _handle_as_scripted(message)
 
 
 @stream_consumer("test.billing", group="billing", output=BILLED)
@@ -117,11 +124,5 @@ QUOTES = "test.quote"
 @stream_consumer(QUOTES, group="pricing")
 def quote(message: StreamMessage) -> Reply:
     """Answer a price request (sync), as the payload says: ``sleep_ms``, ``fail_times``..."""
-    client = get_redis()
-    attempts = client.incr(attempts_key(message.event_id))
-    data = message.data if isinstance(message.data, dict) else {}
-    if sleep_ms := data.get("sleep_ms", 0):
-        time.sleep(sleep_ms / 1000)
-    _verdict(message, attempts)
-    client.rpush(HANDLED, f"{message.event_id} {os.getpid()} {message.delivery_count}")
+    data = _handle_as_scripted(message)
     return Reply({"sku": data.get("sku"), "price": 10}, headers={"currency": "EUR"})
