@@ -116,3 +116,13 @@ def worker_key(prefix: str, consumer_name: str) -> str:
 def workers_key(prefix: str) -> str:
     """Return the sorted set of worker names scored by their heartbeat's expiry time."""
     return f"{prefix}{INTERNAL}workers"
+
+
+def relay_key(prefix: str, process: str) -> str:
+    """Return the key of one relay process's status (its hub's sockets and counters)."""
+    return f"{prefix}{INTERNAL}relay:{process}"
+
+
+def relays_key(prefix: str) -> str:
+    """Return the sorted set of relay processes scored by their status's expiry time."""
+    return f"{prefix}{INTERNAL}relays"

@@ -26,9 +26,14 @@ from .naming import matches_any, prefixed
 
 # XADD and PUBLISH in one atomic step, so the message a browser receives carries the id
 # of the entry it can later replay from, and no reader sees one without the other.
+# ARGV[8], when given, is the ``headers`` field (JSON object text).
 _DURABLE_BROADCAST = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'type', ARGV[2], 'data', ARGV[3], 'event_id', ARGV[4], 'published_at', ARGV[5])
+local fields = {'type', ARGV[2], 'data', ARGV[3], 'event_id', ARGV[4], 'published_at', ARGV[5]}
+if ARGV[8] then
+  fields[9] = 'headers'
+  fields[10] = ARGV[8]
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
 return {id, redis.call('PUBLISH', KEYS[2], ARGV[6] .. id .. ARGV[7])}
 """
 
@@ -135,9 +140,9 @@ def _flat(fields: Mapping[str, str]) -> Iterable[str]:
 
 
 def _durable_args(
-    config: BrokerConfig, channel: str, data: Any, type: str
+    config: BrokerConfig, channel: str, data: Any, type: str, headers: Mapping[str, Any] | None
 ) -> tuple[list[str], list[Any]]:
-    fields = wire.encode_entry(data, type=type)
+    fields = wire.encode_entry(data, type=type, headers=headers)
     before_id, after_id = wire.durable_message_parts(fields)
     key = prefixed(config.key_prefix, channel)
     args = [
@@ -149,6 +154,8 @@ def _durable_args(
         before_id,
         after_id,
     ]
+    if wire.HEADERS in fields:
+        args.append(fields[wire.HEADERS])
     return [key, key], args
 
 
@@ -158,19 +165,23 @@ def is_durable(channel: str, config: BrokerConfig | None = None) -> bool:
     return matches_any(config.websocket.durable_channels, channel)
 
 
-def broadcast(channel: str, data: Any, *, type: str = "") -> int:
+def broadcast(
+    channel: str, data: Any, *, type: str = "", headers: Mapping[str, Any] | None = None
+) -> int:
     """Publish a live message on a Pub/Sub channel; return how many subscribers got it.
 
     Nothing is stored, except on channels matching ``DURABLE_CHANNELS``: those are also
     appended to a capped stream of the same name, so browsers can replay what they missed.
+    ``headers`` travel beside the data (``wire.SENDER_ID`` and ``wire.SENDER_NAME`` become
+    the ``sender`` of the relay's message frames).
     """
     config = get_config()
     if is_durable(channel, config):
-        keys, args = _durable_args(config, channel, data, type)
+        keys, args = _durable_args(config, channel, data, type, headers)
         with translate_errors(lambda: _channel(keys[0], durable=True)):
             _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
         return int(receivers)
-    message = wire.encode_message(data, type=type)
+    message = wire.encode_message(data, type=type, headers=headers)
     key = prefixed(config.key_prefix, channel)
     with translate_errors(lambda: _channel(key, durable=False)):
         return int(get_redis().publish(key, message))
@@ -217,16 +228,18 @@ async def apublish_many(
         return _ids(await pipe.execute())
 
 
-async def abroadcast(channel: str, data: Any, *, type: str = "") -> int:
+async def abroadcast(
+    channel: str, data: Any, *, type: str = "", headers: Mapping[str, Any] | None = None
+) -> int:
     """Async twin of :func:`broadcast`."""
     config = get_config()
     if is_durable(channel, config):
-        keys, args = _durable_args(config, channel, data, type)
+        keys, args = _durable_args(config, channel, data, type, headers)
         async with atranslate_errors(lambda: _channel(keys[0], durable=True)):
             script = get_async_redis().register_script(_DURABLE_BROADCAST)
             _entry_id, receivers = await script(keys, args)
         return int(receivers)
-    message = wire.encode_message(data, type=type)
+    message = wire.encode_message(data, type=type, headers=headers)
     key = prefixed(config.key_prefix, channel)
     async with atranslate_errors(lambda: _channel(key, durable=False)):
         return int(await get_async_redis().publish(key, message))

@@ -12,7 +12,10 @@ Client frames (JSON text)::
 
 Server frames: ``subscribed``, ``unsubscribed``, ``message``, ``gap`` and ``error`` (with
 ``code`` one of ``bad_request``, ``forbidden``, ``too_large``, ``rate_limited``,
-``unavailable``). An error frame never closes the socket. Frames are parsed by
+``unavailable``, and a ``detail`` in words). An error frame never closes the socket.
+A browser's publish is broadcast with the sender stamped by the server: the event type
+``browser.user.<pk>`` and the headers ``sender_id``/``sender_name``, which message frames
+show as ``sender``; the page chooses only ``data``. Frames are parsed by
 ``wire.loads``, so no frame can raise anything but a ``bad_request``. Under daphne, frames
 refused before they reach the consumer close with 1009 (too big) or 1007 (not UTF-8):
 see :func:`close_bad_frames_with_a_code`.
@@ -139,7 +142,11 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.settings.send_queue_size)
         self.bucket = _TokenBucket(self.settings.publish_rate)
         self.closing = False
+        # Who publishes from this socket, decided once by the server (never by frames).
+        self.publish_type = self.publisher_type()
+        self.publish_headers = self.publisher_headers()
         self.hub = get_hub()
+        self.hub.register(self, self.scope.get("user"))
         await self.accept()
         self.sender = asyncio.get_running_loop().create_task(self._send_frames())
         self.sender.add_done_callback(_log_failure)
@@ -147,6 +154,9 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def disconnect(self, code: int) -> None:
         """Release the socket's subscriptions and stop its sender."""
         self.closing = True
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.unregister(self)
         sender = getattr(self, "sender", None)
         if sender is not None:
             sender.cancel()
@@ -196,8 +206,12 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         while True:
             await send({"type": "websocket.send", "text": await queue.get()})
 
-    def error(self, code: str, channel: Any = None, detail: str = "") -> None:
-        """Queue an error frame; the socket stays open."""
+    def error(self, code: str, channel: Any = None, *, detail: str) -> None:
+        """Queue an error frame saying what went wrong; the socket stays open.
+
+        Counted by code in the hub's stats, which the process's relay status reports.
+        """
+        self.hub.count_error(code)
         self.offer(error_frame(code, channel, detail))
 
     # ------------------------------------------------------------------ frames in
@@ -214,7 +228,9 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             return
         limit = self.settings.max_message_bytes
         if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
-            self.error(TOO_LARGE, detail=f"frames are limited to {limit} bytes")
+            self.error(
+                TOO_LARGE, detail=f"a frame may have at most {limit} bytes; this one was dropped"
+            )
             return
         try:
             frame = wire.loads(text_data, what="frame", envelope=1)
@@ -239,7 +255,11 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             self.error(BAD_REQUEST, channel, detail=f"unknown action {action!r}"[:200])
             return
         if not is_valid_channel(channel):
-            self.error(BAD_REQUEST, channel, detail="invalid channel name")
+            self.error(
+                BAD_REQUEST,
+                channel,
+                detail="a channel name is 1-200 characters of A-Z a-z 0-9 _ . : - (no wildcards)",
+            )
             return
         await handler(cast(str, channel), content)
 
@@ -250,13 +270,15 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             self.error(BAD_REQUEST, channel, detail="since must be a stream entry id")
             return
         if not await authorize(self.scope.get("user"), channel, SUBSCRIBE):
-            self.error(FORBIDDEN, channel)
+            self.error(FORBIDDEN, channel, detail="you may not subscribe to this channel")
             return
         if channel in self.subscriptions:
             self.offer(control_frame("subscribed", channel))
             return
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            self.error(BAD_REQUEST, channel, detail=f"at most {MAX_SUBSCRIPTIONS} channels")
+            self.error(
+                BAD_REQUEST, channel, detail=f"a socket holds at most {MAX_SUBSCRIPTIONS} channels"
+            )
             return
         if not self.closing:
             self.subscriptions[channel] = await self.hub.subscribe(self, channel, since)
@@ -271,16 +293,25 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def publish(self, channel: str, content: dict[str, Any]) -> None:
         """Broadcast ``data`` on ``channel`` if the user may and the rate limit allows."""
         if not self.bucket.take():
-            self.error(RATE_LIMITED, channel, detail=f"{self.settings.publish_rate} publishes/s")
+            rate = self.settings.publish_rate
+            self.error(
+                RATE_LIMITED,
+                channel,
+                detail=f"at most {rate} publishes per second; this one was dropped",
+            )
             return
         if not await authorize(self.scope.get("user"), channel, PUBLISH):
-            self.error(FORBIDDEN, channel)
+            self.error(FORBIDDEN, channel, detail="you may not publish to this channel")
             return
         try:
-            await abroadcast(channel, content.get("data"), type=self.publisher_type())
+            await abroadcast(
+                channel, content.get("data"), type=self.publish_type, headers=self.publish_headers
+            )
         except BrokerUnavailable as exc:
             logger.warning("A browser publish on %r failed: %s", channel, exc)
-            self.error(UNAVAILABLE, channel, detail="the broker is unavailable")
+            self.error(
+                UNAVAILABLE, channel, detail="the broker is unavailable; this one was not sent"
+            )
 
     def publisher_type(self) -> str:
         """Return the event type of this socket's publishes: who sent them, unforgeably.
@@ -292,6 +323,17 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if user is not None and getattr(user, "is_authenticated", False):
             return f"browser.user.{user.pk}"
         return "browser.anonymous"
+
+    def publisher_headers(self) -> dict[str, str] | None:
+        """Return the headers of this socket's publishes: the logged-in sender, or None.
+
+        Message frames show them as ``"sender": {"id": "<pk>", "name": "<username>"}``;
+        an anonymous socket's publishes (when an ``AUTHORIZER`` allows them) carry none.
+        """
+        user = self.scope.get("user")
+        if user is not None and getattr(user, "is_authenticated", False):
+            return {wire.SENDER_ID: str(user.pk), wire.SENDER_NAME: str(user.get_username())}
+        return None
 
     # ------------------------------------------------------------------ control
 

@@ -12,6 +12,10 @@ After a reconnect every channel is subscribed again; durable channels replay wha
 socket missed from their capped stream, and the others get a ``gap`` frame, because
 messages sent while the hub was away are gone for them.
 
+The hub also keeps the process's relay status in Redis (``status.py``): sockets are
+counted as they register, subscribe and leave, never per message, and a task of its own
+writes the record, so a Redis outage delays it and nothing else.
+
 A subscription on a durable channel starts in *buffering* mode: live messages are held
 while the stream is read, then the buffer is merged behind the replayed entries, dropping
 any whose id was already replayed. The merge happens without an ``await`` in between,
@@ -24,7 +28,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
+import time
+import uuid
 import weakref
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -36,6 +45,7 @@ from ..backoff import Backoff
 from ..conf import BrokerConfig, get_config
 from ..connection import (
     CONNECTION_ERRORS,
+    REDIS_ERRORS,
     build_async_client,
     explain,
     get_async_redis,
@@ -46,6 +56,7 @@ from ..naming import prefixed, unprefixed
 from ..publishing import is_durable
 from ..wire import entry_id_key
 from .frames import control_frame, message_frame
+from .status import STATUS_INTERVAL, STATUS_MIN_GAP, delete_status, encode_status, write_status
 
 logger = logging.getLogger("redis_broker.relay")
 
@@ -107,6 +118,7 @@ class HubStats:
     reconnects: int = 0  # successful connections after the first
     overflows: int = 0  # sockets closed because their queue was full
     malformed: int = 0  # messages and replayed entries dropped because undecodable
+    errors: Counter[str] = dataclasses.field(default_factory=Counter)  # error frames by code
 
 
 class Hub:
@@ -135,6 +147,14 @@ class Hub:
         self._closed = False
         self.connected = asyncio.Event()
         self.stats = HubStats()
+        # The process's status (status.py): who is connected, kept up to date without
+        # touching the per-message path, written by the reporter task.
+        self.process = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._started_at = time.time()
+        self._sockets: dict[FrameSink, tuple[str, str] | None] = {}  # sink -> (pk, name)
+        self._users: Counter[tuple[str, str]] = Counter()
+        self._changed = asyncio.Event()
+        self._reporter: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -142,6 +162,38 @@ class Hub:
     def channels(self) -> frozenset[str]:
         """Return the channels this hub is subscribed to (without the key prefix)."""
         return frozenset(self._channels)
+
+    def register(self, sink: FrameSink, user: Any) -> None:
+        """Count an open socket and its user in the process's status (nothing awaits)."""
+        if self._closed:
+            return
+        who = None
+        if user is not None and getattr(user, "is_authenticated", False):
+            who = (str(user.pk), str(user.get_username()))
+            self._users[who] += 1
+        self._sockets[sink] = who
+        self._changed.set()
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.get_running_loop().create_task(
+                self._report(), name="redis_broker.relay.status"
+            )
+            self._reporter.add_done_callback(self._reader_done)
+
+    def unregister(self, sink: FrameSink) -> None:
+        """Forget a closed socket in the process's status (nothing awaits)."""
+        if sink not in self._sockets:
+            return
+        who = self._sockets.pop(sink)
+        if who is not None:
+            self._users[who] -= 1
+            if self._users[who] <= 0:
+                del self._users[who]
+        self._changed.set()
+
+    def count_error(self, code: str) -> None:
+        """Count an error frame sent to a socket, for the process's status (nothing awaits)."""
+        self.stats.errors[code] += 1
+        self._changed.set()
 
     async def subscribe(
         self, sink: FrameSink, channel: str, since: str | None = None
@@ -159,6 +211,7 @@ class Hub:
             subs = self._channels.setdefault(channel, set())
             first = not subs
             subs.add(sub)
+            self._changed.set()
             if first:
                 await self._send_subscribe([channel])
             elif channel in self._active:
@@ -173,6 +226,7 @@ class Hub:
             if subs is None or sub not in subs:
                 return
             subs.discard(sub)
+            self._changed.set()
             if subs:
                 return
             del self._channels[sub.channel]
@@ -192,7 +246,8 @@ class Hub:
     async def aclose(self) -> None:
         """Stop the reader and close the connection (tests; server shutdown)."""
         self._closed = True
-        tasks = [t for t in (self._task, *self._tasks) if t is not None]
+        self._changed.set()  # the status writer ends even if a cancellation got lost
+        tasks = [t for t in (self._task, self._reporter, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -200,6 +255,11 @@ class Hub:
                 await task
         await self._drop_connection()
         self._channels.clear()
+        if self._reporter is not None:
+            # Best effort: a record left behind expires by itself within its TTL.
+            with contextlib.suppress(*REDIS_ERRORS):
+                async with asyncio.timeout(1.0):
+                    await delete_status(get_async_redis(), self._prefix, self.process)
 
     # ------------------------------------------------------------------ connection
 
@@ -214,8 +274,64 @@ class Hub:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:  # _run only ends by cancellation; anything else is a bug
-            logger.error("The relay hub's reader stopped", exc_info=exc)
+        if exc is not None:  # _run and _report only end by cancellation; else it is a bug
+            logger.error("The relay hub's task %s stopped", task.get_name(), exc_info=exc)
+
+    # ------------------------------------------------------------------ status
+
+    def _status(self) -> str:
+        """Return the process's status record now (see ``status.py``)."""
+        return encode_status(
+            process=self.process,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            sockets=len(self._sockets),
+            anonymous=sum(1 for who in self._sockets.values() if who is None),
+            users=self._users,
+            channels={channel: len(subs) for channel, subs in self._channels.items()},
+            errors=self.stats.errors,
+            overflows=self.stats.overflows,
+        )
+
+    async def _report(self) -> None:
+        """Write the status every STATUS_INTERVAL s, and soon after sockets come or go.
+
+        Writes are at least STATUS_MIN_GAP s apart, so a burst of connections costs one.
+        A failing write is logged once, with the reason, until one succeeds again.
+        """
+        # The loop also ends on ``_closed``: a cancellation that reaches redis-py while it
+        # connects can be lost (seen with Python 3.11), and aclose() would wait forever.
+        failing = False
+        while not self._closed:
+            self._changed.clear()
+            try:
+                client = get_async_redis()
+                record = self._status()
+                async with asyncio.timeout(STATUS_INTERVAL):
+                    await write_status(client, self._prefix, self.process, record)
+            except REDIS_ERRORS as exc:  # TimeoutError too: a write that hangs
+                if not failing:
+                    logger.warning(
+                        "Cannot write the relay's status to Redis at %s (%s: %s); sockets are "
+                        "not affected, and the write is retried every %.0f s",
+                        mask_url(self._config.url),
+                        type(exc).__name__,
+                        exc,
+                        STATUS_INTERVAL,
+                    )
+                failing = True
+            else:
+                if failing:
+                    logger.info("The relay's status is written to Redis again")
+                failing = False
+            try:
+                async with asyncio.timeout(STATUS_INTERVAL):
+                    await self._changed.wait()
+            except TimeoutError:
+                continue
+            if not self._closed:
+                await asyncio.sleep(STATUS_MIN_GAP)
 
     async def _run(self) -> None:
         """Connect, read and fan out; on any failure back off and connect again."""
@@ -470,6 +586,7 @@ class Hub:
                     event_id=entry.event_id,
                     published_at=entry.published_at,
                     id=entry_id,
+                    headers=entry.headers,
                 )
                 frames.append((message_frame(sub.channel, message), entry_id))
             self.stats.replayed += len(page)

@@ -104,6 +104,7 @@ async def test_user_cannot_subscribe_to_another_users_channel(connect, make_user
         "type": "error",
         "code": "forbidden",
         "channel": f"user.{bob.pk}",
+        "detail": "you may not subscribe to this channel",
     }
     await subscribe(socket, f"user.{alice.pk}")
 
@@ -126,6 +127,7 @@ async def test_publish_outside_browser_publish_channels_is_forbidden(connect, ma
         "type": "error",
         "code": "forbidden",
         "channel": f"user.{user.pk}",
+        "detail": "you may not publish to this channel",
     }
 
 
