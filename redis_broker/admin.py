@@ -26,7 +26,7 @@ from django.urls import URLPattern, reverse
 
 from . import wire
 from .inspector import views
-from .inspector.actions import LIST_OBJECT_ID
+from .inspector.actions import CHANNEL_OBJECT_ID, LIST_OBJECT_ID, OUTBOX_OBJECT_ID
 from .inspector.urls import get_admin_urlpatterns
 from .models import Broker, OutboxEvent
 
@@ -48,6 +48,20 @@ class BrokerAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """Return False: there is no object to delete (actions have their own pages)."""
         return False
 
+    def get_model_perms(self, request: HttpRequest) -> dict[str, bool]:
+        """Return the index's view of the section: view only, so the link reads "View".
+
+        The admin index offers "Change" for a model whose ``change`` permission the user
+        has; there is nothing to change here, only pages to inspect (actions check
+        ``change_broker`` themselves, through ``has_change_permission``).
+        """
+        return {
+            "add": False,
+            "change": False,
+            "delete": False,
+            "view": self.has_view_permission(request),
+        }
+
     def get_urls(self) -> list[URLPattern]:
         """Return the inspector's pages in front of the model's own URLs."""
         return [*get_admin_urlpatterns(self), *super().get_urls()]
@@ -67,13 +81,19 @@ class BrokerAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ) -> HttpResponse:
         """Redirect to the stream's page: admin log entries link here with the stream name.
 
-        An action on a list is logged as ``lists/<name>`` and leads to the lists page.
+        An action on a list is logged as ``lists/<name>`` and leads to the lists page; one
+        on the outbox as ``outbox/``, a broadcast as ``pubsub/<channel>``: their pages.
         """
         name = unquote(object_id)
-        if name.startswith(LIST_OBJECT_ID):
-            return HttpResponseRedirect(
-                reverse("admin:redis_broker_lists", current_app=self.admin_site.name)
-            )
+        for prefix, page in (
+            (LIST_OBJECT_ID, "lists"),
+            (OUTBOX_OBJECT_ID, "outbox"),
+            (CHANNEL_OBJECT_ID, "pubsub"),
+        ):
+            if name.startswith(prefix):
+                return HttpResponseRedirect(
+                    reverse(f"admin:redis_broker_{page}", current_app=self.admin_site.name)
+                )
         return HttpResponseRedirect(
             reverse(
                 "admin:redis_broker_stream",

@@ -3,7 +3,8 @@
 A stream entry has the fields ``type``, ``data`` (JSON text), ``event_id`` (UUID4),
 ``published_at`` (ISO 8601 UTC) and, only when given, ``headers`` (JSON object text).
 A Pub/Sub message is one JSON object ``{"type", "data", "event_id", "published_at"}``,
-plus ``"id"`` (the stream entry id) on durable channels. Any language can read both
+plus ``"headers"`` (an object) when given and ``"id"`` (the stream entry id) on durable
+channels. Any language can read both
 with a plain Redis client and a JSON parser. Nothing is ever pickled.
 
 Payloads nest at most :data:`MAX_DEPTH` arrays and objects deep: :func:`dumps` refuses
@@ -11,6 +12,14 @@ deeper ones before anything is sent, and every reader (stream consumers, the rel
 hub and sockets, the admin inspector) parses JSON with :func:`loads`, which refuses
 them too, so no input can make a reader recurse, and ``loads`` raises nothing but
 ``MalformedEntry``.
+
+A dead-letter entry is the original entry's fields plus ``original_stream``,
+``original_id`` (``""`` for a list item), ``error`` (``"Type: message"``, at most 4,000
+characters), ``delivery_count`` and, when an exception caused it, ``traceback``: the
+formatted exception with its traceback and chained causes, cut to its last
+:data:`MAX_TRACEBACK_CHARS` characters (the innermost frames and the message are at the
+end). Readers must accept dead letters without ``traceback`` (written before it existed,
+or for a cause that is no exception, such as too many deliveries).
 """
 
 from __future__ import annotations
@@ -39,11 +48,20 @@ HEADERS = "headers"
 # The header of an ``output=`` entry naming the event it was made from (contract section 8).
 INPUT_EVENT_ID = "input_event_id"
 
+# The headers naming who published a live message: the relay sets them on every publish
+# of a logged-in browser (the user's pk as text, and ``get_username()``), and trusted
+# server code may set them too. The relay's message frames show them as ``sender``.
+SENDER_ID = "sender_id"
+SENDER_NAME = "sender_name"
+
 # Dead-letter fields added next to the original ones (contract section 3).
 ORIGINAL_STREAM = "original_stream"
 ORIGINAL_ID = "original_id"
 ERROR = "error"
 DELIVERY_COUNT = "delivery_count"
+TRACEBACK = "traceback"
+#: Longest ``traceback`` field of a dead letter; a longer one keeps its end.
+MAX_TRACEBACK_CHARS = 4096
 
 #: The deepest nesting of arrays and objects a payload may have (``[[1]]`` is 2 deep).
 #: Python's JSON parser recurses once per level and dies with RecursionError near a
@@ -428,19 +446,28 @@ def dead_letter_fields(
     original_id: str,
     error: str,
     delivery_count: int,
+    traceback: str = "",
 ) -> dict[str, str]:
-    """Return the dead-letter entry: the original fields plus where, why and how often."""
+    """Return the dead-letter entry: the original fields plus where, why and how often.
+
+    ``traceback`` (the formatted exception, when there was one) is kept as its last
+    ``MAX_TRACEBACK_CHARS`` characters, marked with a leading "…" when cut.
+    """
     result = dict(fields)
     result[ORIGINAL_STREAM] = original_stream
     result[ORIGINAL_ID] = original_id
     result[ERROR] = error[:4000]
     result[DELIVERY_COUNT] = str(delivery_count)
+    if traceback:
+        if len(traceback) > MAX_TRACEBACK_CHARS:
+            traceback = "…" + traceback[-(MAX_TRACEBACK_CHARS - 1) :]
+        result[TRACEBACK] = traceback
     return result
 
 
 def requeue_fields(fields: Mapping[str, str]) -> dict[str, str]:
     """Return a dead-lettered entry's original fields (same ``event_id``) for re-publishing."""
-    dropped = {ORIGINAL_STREAM, ORIGINAL_ID, ERROR, DELIVERY_COUNT}
+    dropped = {ORIGINAL_STREAM, ORIGINAL_ID, ERROR, DELIVERY_COUNT, TRACEBACK}
     return {k: v for k, v in fields.items() if k not in dropped}
 
 
@@ -479,6 +506,7 @@ def durable_message_parts(fields: Mapping[str, str]) -> tuple[str, str]:
 
     The entry id is only known once Redis has appended the entry, so the publishing
     script splices it in between the two halves: ``{..., "data": ..., "id": "<id>"}``.
+    The entry's ``headers`` field (JSON object text), when it has one, is spliced in as is.
     """
     head = dumps(
         {
@@ -487,6 +515,8 @@ def durable_message_parts(fields: Mapping[str, str]) -> tuple[str, str]:
             PUBLISHED_AT: fields[PUBLISHED_AT],
         }
     )
+    if HEADERS in fields:
+        head = f'{head[:-1]},"{HEADERS}":{fields[HEADERS]}}}'
     return f'{head[:-1]},"{DATA}":{fields[DATA]},"id":"', '"}'
 
 

@@ -171,7 +171,9 @@ class ChannelWorker(ConsumerWorker):
             exc_info=exc,
         )
 
-    async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
+    async def _dead_letter(
+        self, entry_id: bytes, message: StreamMessage, error: str, trace: str = ""
+    ) -> None:
         raise AssertionError("channel messages are never dead-lettered")  # pragma: no cover
 
     async def _flush_acks(self) -> None:

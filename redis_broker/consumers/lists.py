@@ -280,21 +280,28 @@ class ListWorker(ConsumerWorker):
             items.append((lane_id, message))
         self._submit(items)
 
-    async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
+    async def _dead_letter(
+        self, entry_id: bytes, message: StreamMessage, error: str, trace: str = ""
+    ) -> None:
         fields = wire.DecodedMessage(
             *(message.type, message.data, message.event_id, message.published_at, None),
             headers=message.headers,
         ).fields()
-        await self._move_to_dead_letters(entry_id, fields, error, message.delivery_count)
+        await self._move_to_dead_letters(entry_id, fields, error, message.delivery_count, trace)
 
     async def _move_to_dead_letters(
-        self, lane_id: bytes, fields: dict[str, str], error: str, count: int
+        self, lane_id: bytes, fields: dict[str, str], error: str, count: int, trace: str = ""
     ) -> None:
         """Copy the item to the dead-letter stream and remove it, in one MULTI/EXEC."""
         assert self.client is not None
         item = self._items.pop(lane_id)
         copy = wire.dead_letter_fields(
-            fields, original_stream=self.list, original_id="", error=error, delivery_count=count
+            fields,
+            original_stream=self.list,
+            original_id="",
+            error=error,
+            delivery_count=count,
+            traceback=trace,
         )
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_letter_key, copy, **trim_args(self.maxlen))  # type: ignore[arg-type]

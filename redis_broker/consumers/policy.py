@@ -165,6 +165,7 @@ async def dead_letter(
     error: str,
     delivery_count: int,
     maxlen: int | None,
+    traceback: str = "",
 ) -> None:
     """Copy an entry to the dead-letter stream and ack it, in one MULTI/EXEC.
 
@@ -177,6 +178,7 @@ async def dead_letter(
         original_id=entry_id.decode(),
         error=error,
         delivery_count=delivery_count,
+        traceback=traceback,
     )
     async with client.pipeline(transaction=True) as pipe:
         pipe.xadd(dead_letter_key, cast(Any, copy), **trim_args(maxlen))

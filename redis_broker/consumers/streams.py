@@ -353,11 +353,15 @@ class GroupWorker(ConsumerWorker):
             logger.info("%s: answered request %s from its reply record", self, info.correlation_id)
         return [item for item in items if item[0] not in answered]
 
-    async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
-        await self._copy_to_dead_letters(entry_id, message.fields, error, message.delivery_count)
+    async def _dead_letter(
+        self, entry_id: bytes, message: StreamMessage, error: str, trace: str = ""
+    ) -> None:
+        await self._copy_to_dead_letters(
+            entry_id, message.fields, error, message.delivery_count, trace
+        )
 
     async def _copy_to_dead_letters(
-        self, entry_id: bytes, fields: Mapping[str, str], error: str, count: int
+        self, entry_id: bytes, fields: Mapping[str, str], error: str, count: int, trace: str = ""
     ) -> None:
         assert self.client is not None
         await policy.dead_letter(
@@ -371,6 +375,7 @@ class GroupWorker(ConsumerWorker):
             error=error,
             delivery_count=count,
             maxlen=self.maxlen,
+            traceback=trace,
         )
         self.stats.dead_lettered += 1
 

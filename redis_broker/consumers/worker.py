@@ -72,6 +72,12 @@ def describe(exc: BaseException) -> str:
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 
+def format_failure(exc: BaseException) -> str:
+    """Return the exception with its traceback and chained causes, the dead-letter
+    ``traceback`` field (``wire.dead_letter_fields`` keeps its last 4 KiB)."""
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
 class ConsumerWorker:
     """Run one consumer's handler on what a subclass reads, until told to stop.
 
@@ -196,7 +202,10 @@ class ConsumerWorker:
     async def _flush_acks(self) -> None:
         raise NotImplementedError
 
-    async def _dead_letter(self, entry_id: bytes, message: StreamMessage, error: str) -> None:
+    async def _dead_letter(
+        self, entry_id: bytes, message: StreamMessage, error: str, trace: str = ""
+    ) -> None:
+        """Copy the entry to the dead letters with ``error`` (and ``trace``), and settle it."""
         raise NotImplementedError
 
     async def _take_outcomes(self) -> bool:
@@ -404,7 +413,7 @@ class ConsumerWorker:
         elif isinstance(exc, Reject):
             logger.warning("%s was rejected: %s; dead-lettering it", where, exc)
             self._reply_error(message, exc)
-            await self._dead_letter(entry_id, message, describe(exc))
+            await self._dead_letter(entry_id, message, describe(exc), format_failure(exc))
         else:
             logger.error(
                 "%s failed on delivery %d of %d; dead-lettering it",
@@ -412,7 +421,7 @@ class ConsumerWorker:
                 exc_info=exc,
             )
             self._reply_error(message, exc)
-            await self._dead_letter(entry_id, message, describe(exc))
+            await self._dead_letter(entry_id, message, describe(exc), format_failure(exc))
 
     # -- stopping -----------------------------------------------------------------------
 

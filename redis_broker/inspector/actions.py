@@ -9,7 +9,13 @@ and redirects back to the page it came from. A GET never writes to Redis.
 The Redis writes are the small functions at the top of the module. Below them each
 action is an ``Action`` record (its form, its question, the page it returns to, and
 the function that calls one of the writes and words the report); ``confirm_or_act``
-does the rest, the same way for all of them.
+does the rest, the same way for all of them. An empty selection goes back to the list
+with a "Select at least one…" message. The admin log's object text is a one-line
+summary of what was done ("Acked 3 entries of orders (group billing)"), which is what
+the admin index's "Recent actions" shows; the change message holds the details.
+
+``send_message`` (a form, not a confirmation) publishes a test message to a stream or
+broadcasts one on a channel, with the same permission, CSRF, log and messages.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ import redis
 from django import forms
 from django.contrib import messages
 from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
+from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from .. import wire
 from ..conf import BrokerConfig, get_config
-from ..connection import get_redis
-from ..exceptions import MalformedEntry
-from ..models import Broker
+from ..connection import REDIS_ERRORS, get_redis
+from ..exceptions import MalformedEntry, WriteRefused
+from ..models import Broker, OutboxEvent
 from ..naming import (
     dead_letter_name,
     dead_letter_source,
@@ -38,9 +47,20 @@ from ..naming import (
     processing_list_name,
     unprefixed,
 )
-from ..publishing import trim_args
+from ..publishing import broadcast, publish, trim_args
+from ..relay import disconnect_user
+from ..relay.status import read_relays
 from . import queries
-from .forms import ClaimForm, ConfirmForm, CreateGroupForm, EntryIdsForm, TrimForm
+from .forms import (
+    ClaimForm,
+    ConfirmForm,
+    CreateGroupForm,
+    EntryIdsForm,
+    OutboxRowsForm,
+    SelectionField,
+    SendMessageForm,
+    TrimForm,
+)
 from .pages import (
     Crumbs,
     InspectorAdmin,
@@ -50,6 +70,7 @@ from .pages import (
     pending_crumbs,
     render,
     stream_crumbs,
+    with_query,
 )
 
 # --- Redis writes ------------------------------------------------------------------------
@@ -72,6 +93,42 @@ def claim_entries(
         key, group, consumer, min_idle_time=0, message_ids=list(ids), justid=True
     )
     return [wire.reply_text(entry_id, "replace") for entry_id in claimed]
+
+
+def retry_entries(
+    client: redis.Redis, key: str, group: str, ids: Sequence[str], idle_ms: int
+) -> list[str]:
+    """Make pending ``ids`` due for redelivery at once; return the ids that were pending.
+
+    Each stays with its consumer, its idle time set to ``idle_ms`` (``CLAIM_IDLE_MS``) by
+    ``XCLAIM … IDLE … JUSTID``, so the next reclaim scan of any worker of the group
+    (``XAUTOCLAIM``, at most 5 s apart) delivers it again: only this group sees it again,
+    unlike a copy appended to the stream. ``JUSTID`` keeps the delivery count, so an
+    entry at its last delivery still reaches the dead letters.
+    """
+    read = client.pipeline(transaction=False)
+    for entry_id in ids:
+        read.xpending_range(key, group, min=entry_id, max=entry_id, count=1)
+    owners: dict[str, list[str]] = {}
+    for rows in read.execute():
+        for row in rows:
+            consumer = wire.reply_text(row["consumer"], "replace")
+            owners.setdefault(consumer, []).append(wire.reply_text(row["message_id"], "replace"))
+    if not owners:
+        return []
+    write = client.pipeline(transaction=False)
+    for consumer, owned in owners.items():
+        write.xclaim(
+            key,
+            group,
+            consumer,
+            min_idle_time=0,
+            message_ids=cast(list[Any], owned),
+            idle=idle_ms,
+            justid=True,
+        )
+    retried = [entry_id for claimed in write.execute() for entry_id in claimed]
+    return [wire.reply_text(entry_id, "replace") for entry_id in retried]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +296,34 @@ def destroy_group(client: redis.Redis, key: str, group: str) -> bool:
     return bool(client.xgroup_destroy(key, group))
 
 
+# --- Database writes (the outbox) --------------------------------------------------------
+
+
+def delete_outbox_rows(ids: Sequence[int]) -> tuple[int, list[str]]:
+    """Delete the outbox rows ``ids``; return how many were still there, and their streams.
+
+    Their events are lost: the relay never sends them. The rows are locked first where
+    the database can (a relay sending them meanwhile finishes first, and deletes them).
+    """
+    with transaction.atomic(using=router.db_for_write(OutboxEvent)):
+        rows = OutboxEvent.objects.select_for_update().filter(id__in=list(ids))
+        streams = sorted(set(rows.values_list("stream", flat=True)))
+        deleted = rows.delete()[0]
+    return deleted, streams
+
+
+def retry_outbox_rows(ids: Sequence[int]) -> tuple[int, list[str]]:
+    """Clear the attempts and last error of outbox rows ``ids``; return how many, and streams.
+
+    The relay sends every waiting row again on each pass, in order per stream; a row it
+    refused before goes alone, after its stream's others. Cleared, the row is like a new
+    one: it goes in the relay's next batch, and if the cause remains its error is fresh.
+    """
+    rows = OutboxEvent.objects.filter(id__in=list(ids))
+    streams = sorted(set(rows.values_list("stream", flat=True)))
+    return rows.update(attempts=0, last_error=""), streams
+
+
 # --- Actions as records ------------------------------------------------------------------
 
 
@@ -277,9 +362,19 @@ class Target:
         return "Its worker's heartbeat has expired: the worker is gone."
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What an action did: ``message`` in full (the success message and the admin log's
+    change message), ``summary`` in one line (the admin log's object text, shown by
+    "Recent actions": "Acked 3 entries of orders (group billing)")."""
+
+    message: str
+    summary: str
+
+
 #: The page an action returns to. ``entries`` is where the selected entries were listed:
 #: the stream's page, or for a dead-letter stream the dead letters page of its stream.
-BackPage = Literal["stream", "entries", "dead_letters", "groups", "pending", "lists"]
+BackPage = Literal["stream", "entries", "dead_letters", "groups", "pending", "lists", "outbox"]
 #: Breadcrumb labels of the pages an action returns to (the pending page names its group).
 _LABELS = {"stream": "Entries", "dead_letters": "Dead letters", "groups": "Groups"}
 
@@ -289,27 +384,28 @@ class Action:
     """One inspector action, described once; calling it serves its page like a view.
 
     ``act`` calls one of the Redis writes with the form's cleaned data and returns the
-    report, shown as the success message and written as the admin log's change message;
-    a ``redis.ResponseError`` it raises is reported as "<title> failed: …" and nothing is
-    logged. ``question`` is formatted with the ``Target`` as ``t``.
+    report: a ``Report``, or its message alone (the log's summary is then the title and
+    the stream). A ``redis.ResponseError`` it raises is reported as "<title> failed: …"
+    and nothing is logged. ``question`` is formatted with the ``Target`` as ``t``.
     """
 
-    act: Callable[[HttpRequest, Target, dict[str, Any]], str]
+    act: Callable[[HttpRequest, Target, dict[str, Any]], Report | str]
     title: str  # the page's title and button ("Yes, <title>")
     form_class: type[forms.Form]  # ``ConfirmForm`` when only the CSRF token is posted
     question: str
     back: BackPage
-    lists: Literal["pending", "entries"] | None = None  # how the selected ids are shown
+    lists: Literal["pending", "entries", "outbox"] | None = None  # how the selection is shown
     danger: bool = True  # a red button: the action loses data or position
     on_dead_letters: bool = False  # acts on the stream's dead-letter stream
     on_processing_list: bool = False  # acts on list ``stream``'s processing list of ``consumer``
+    on_outbox: bool = False  # acts on outbox rows (the database), not on Redis
 
     def __call__(
         self,
         request: HttpRequest,
         model_admin: InspectorAdmin,
         /,
-        stream: str,
+        stream: str = "",
         group: str = "",
         consumer: str = "",
     ) -> HttpResponse:
@@ -334,6 +430,8 @@ def locate(action: Action, stream: str, group: str = "", consumer: str = "") -> 
     """Return what ``action`` acts on; ``KeyMissing`` when the stream, group or consumer is gone."""
     config = get_config()
     client = get_redis()
+    if action.on_outbox:
+        return Target(client, config, stream, stream)
     if action.on_processing_list:
         length = queries.processing_list_length(
             client, prefix=config.key_prefix, name=stream, consumer=consumer
@@ -345,7 +443,7 @@ def locate(action: Action, stream: str, group: str = "", consumer: str = "") -> 
         name = dead_letter_name(stream, config.consumers.dead_letter_suffix)
     if not group:
         if not queries.is_stream(client, prefix=config.key_prefix, name=name):
-            raise queries.KeyMissing(f"There is no stream {name!r}.")
+            raise queries.KeyMissing(f"There is no stream {name!r}.", name=name)
         return Target(client, config, stream, name)
     info = queries.get_group(client, prefix=config.key_prefix, name=stream, group=group)
     pending = info.pending
@@ -364,16 +462,27 @@ def confirm_or_act(
     """Show the confirmation page on GET; on a valid POST run the action, log, report, redirect."""
     back_url, crumbs = _way_back(request, action, target)
     form_class = action.form_class
+    selection_field = form_class.base_fields.get("ids")
+    submitted = request.POST if request.method == "POST" else request.GET
+    if isinstance(selection_field, SelectionField) and not any(
+        i.strip() for i in submitted.getlist("ids")
+    ):
+        # Nothing ticked: back to the list, which says so, rather than an error page.
+        messages.warning(request, selection_field.empty_message)
+        return HttpResponseRedirect(back_url)
     if request.method == "POST":
         form = form_class(request.POST)
         if form.is_valid():
             try:
-                message = action.act(request, target, form.cleaned_data)
+                report = action.act(request, target, form.cleaned_data)
             except redis.ResponseError as exc:
                 messages.error(request, f"{action.title} failed: {exc}")
                 return HttpResponseRedirect(back_url)
-            log_action(request, *_logged_object(action, target), message)
-            messages.success(request, message)
+            object_id, object_text = _logged_object(action, target)
+            if isinstance(report, str):
+                report = Report(report, f"{action.title}: {object_text}")
+            log_action(request, object_id, report.summary, report.message)
+            messages.success(request, report.message)
             return HttpResponseRedirect(back_url)
     else:
         # The confirmation page: pre-fill from the query string (the selection), but
@@ -384,9 +493,8 @@ def confirm_or_act(
             form = form_class(request.GET)
             form.is_valid()
     ids: list[str] = []
-    if "ids" in form_class.base_fields:
-        raw = (request.POST if request.method == "POST" else request.GET).getlist("ids")
-        ids = [i for i in raw if wire.is_entry_id(i)]
+    if isinstance(selection_field, SelectionField):
+        ids = [i for i in submitted.getlist("ids") if selection_field.is_item(i)]
     return render(
         request,
         model_admin,
@@ -420,6 +528,10 @@ def log_action(request: HttpRequest, object_id: str, object_repr: str, message: 
 #: How the admin log's object id names a list: stream names holding "/" have no pages
 #: (so no actions), hence no stream's id starts so.
 LIST_OBJECT_ID = "lists/"
+#: The admin log's object id of actions on the outbox (``BrokerAdmin`` links it there).
+OUTBOX_OBJECT_ID = "outbox/"
+#: How the admin log's object id names a Pub/Sub channel (a test message broadcast).
+CHANNEL_OBJECT_ID = "pubsub/"
 
 
 def _logged_object(action: Action, target: Target) -> tuple[str, str]:
@@ -430,6 +542,8 @@ def _logged_object(action: Action, target: Target) -> tuple[str, str]:
     """
     if action.on_processing_list:
         return LIST_OBJECT_ID + target.stream, f"list {target.stream}"
+    if action.on_outbox:
+        return OUTBOX_OBJECT_ID, "the outbox"
     return target.stream, f"stream {target.stream}"
 
 
@@ -437,6 +551,9 @@ def _way_back(request: HttpRequest, action: Action, target: Target) -> tuple[str
     """Return the URL of the page ``action`` returns to, and the breadcrumbs through it."""
     here = (action.title, None)
     stream, page = target.stream, action.back
+    if page == "outbox":
+        url = admin_url(request, "outbox")
+        return url, [("Outbox", url), here]
     if page == "lists":
         return admin_url(request, "lists"), list_crumbs(request, here)
     if page == "pending":
@@ -462,6 +579,8 @@ def _selection(action: Action, target: Target, ids: list[str]) -> list[Any]:
         )
     if action.lists == "entries":
         return queries.read_entries_by_id(target.client, prefix=prefix, name=target.name, ids=ids)
+    if action.lists == "outbox":
+        return queries.outbox_rows_by_id([int(i) for i in ids])
     return []
 
 
@@ -481,20 +600,25 @@ def _entries(count: int) -> str:
     return f"{count} entry" if count == 1 else f"{count} entries"
 
 
+def _events(count: int) -> str:
+    return f"{count} outbox event" if count == 1 else f"{count} outbox events"
+
+
 def _ids_text(ids: Sequence[str], limit: int = 20) -> str:
     shown = ", ".join(ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-# --- The nine actions --------------------------------------------------------------------
+# --- The actions on Redis ----------------------------------------------------------------
 
 
-def _ack(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _ack(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     ids = data["ids"]
     done = ack_entries(t.client, t.key, t.group, ids)
-    return (
+    return Report(
         f"Acknowledged {done} of {len(ids)} pending entries of group {t.group} "
-        f"on stream {t.stream}: {_ids_text(ids)}."
+        f"on stream {t.stream}: {_ids_text(ids)}.",
+        f"Acked {_entries(done)} of {t.stream} (group {t.group})",
     )
 
 
@@ -510,12 +634,13 @@ ack = Action(
 )
 
 
-def _claim(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _claim(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     ids, consumer = data["ids"], data["consumer"]
     claimed = claim_entries(t.client, t.key, t.group, consumer, ids)
-    return (
+    return Report(
         f"Claimed {len(claimed)} of {len(ids)} pending entries of group {t.group} on "
-        f"stream {t.stream} for consumer {consumer}: {_ids_text(claimed)}."
+        f"stream {t.stream} for consumer {consumer}: {_ids_text(claimed)}.",
+        f"Claimed {_entries(len(claimed))} of {t.stream} for {consumer} (group {t.group})",
     )
 
 
@@ -532,7 +657,35 @@ claim = Action(
 )
 
 
-def _requeue(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _retry(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
+    ids = data["ids"]
+    idle_ms = t.config.consumers.claim_idle_ms
+    retried = retry_entries(t.client, t.key, t.group, ids, idle_ms)
+    return Report(
+        f"Marked {len(retried)} of {len(ids)} pending entries of group {t.group} on stream "
+        f"{t.stream} for redelivery: the next reclaim scan of a running worker of the group "
+        f"delivers them again (delivery counts kept): {_ids_text(retried)}.",
+        f"Retried {_entries(len(retried))} of {t.stream} now (group {t.group})",
+    )
+
+
+#: Make the selected pending entries due for redelivery to the group at once.
+retry = Action(
+    _retry,
+    title="Retry pending entries now",
+    form_class=EntryIdsForm,
+    question="Deliver these entries of group “{t.group}” again now? Each stays with its "
+    "consumer but counts as abandoned, so the next reclaim scan of any running worker of the "
+    "group (within 5 s) hands it out again; other groups are not affected. Their delivery "
+    "counts are kept: an entry at its last delivery goes to the dead letters if it fails "
+    "again. An entry its consumer is still handling may then run twice.",
+    back="pending",
+    lists="pending",
+    danger=False,
+)
+
+
+def _requeue(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     result = requeue_entries(t.client, t.config, stream=t.stream, ids=data["ids"])
     if result.failed or result.missing:
         problems = [f"{i}: {reason}" for i, reason in result.failed]
@@ -541,7 +694,12 @@ def _requeue(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
     if not result.requeued:
         raise redis.ResponseError("no entry was requeued")
     moved = ", ".join(f"{old} → {target} {new}" for old, target, new in result.requeued[:20])
-    return f"Requeued {_entries(len(result.requeued))} from {t.name} (same event ids): {moved}."
+    targets = _ids_text(sorted({target for _, target, _ in result.requeued}), limit=5)
+    count = len(result.requeued)
+    return Report(
+        f"Requeued {_entries(count)} from {t.name} (same event ids): {moved}.",
+        f"Requeued {count} dead letter{'s' if count != 1 else ''} of {t.stream} to {targets}",
+    )
 
 
 #: Append the selected dead-lettered entries to their original stream again.
@@ -558,16 +716,17 @@ requeue = Action(
 )
 
 
-def _requeue_processing(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _requeue_processing(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     moved = requeue_processing_list(t.client, t.config.key_prefix, t.stream, t.consumer)
     if moved is None:
         raise redis.ResponseError(
             f"the worker {t.consumer} is alive (its heartbeat has not expired) and still "
             "handles the items of its processing list; nothing was moved"
         )
-    return (
+    return Report(
         f"Moved {moved} items of consumer {t.consumer} back to the head of list {t.stream} "
-        f"and removed {t.consumer} from the list's consumers."
+        f"and removed {t.consumer} from the list's consumers.",
+        f"Requeued {moved} items of dead worker {t.consumer} to list {t.stream}",
     )
 
 
@@ -585,10 +744,13 @@ requeue_processing = Action(
 )
 
 
-def _delete(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _delete(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     ids = data["ids"]
     done = delete_entries(t.client, t.key, ids)
-    return f"Deleted {done} of {len(ids)} entries from stream {t.stream}: {_ids_text(ids)}."
+    return Report(
+        f"Deleted {done} of {len(ids)} entries from stream {t.stream}: {_ids_text(ids)}.",
+        f"Deleted {_entries(done)} of {t.stream}",
+    )
 
 
 #: Delete the selected entries of a stream (or of a dead-letter stream).
@@ -602,10 +764,13 @@ delete = Action(
 )
 
 
-def _trim(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _trim(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     removed = trim_stream(t.client, t.key, data["maxlen"], approximate=data["approximate"])
     how = "about " if data["approximate"] else ""
-    return f"Trimmed stream {t.stream} to {how}{data['maxlen']} entries: {removed} removed."
+    return Report(
+        f"Trimmed stream {t.stream} to {how}{data['maxlen']} entries: {removed} removed.",
+        f"Trimmed {t.stream} to {how}{data['maxlen']} entries ({removed} removed)",
+    )
 
 
 #: Trim a stream to its newest N entries.
@@ -619,11 +784,12 @@ trim = Action(
 )
 
 
-def _remove_consumer(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _remove_consumer(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     dropped = delete_consumer(t.client, t.key, t.group, t.consumer)
-    return (
+    return Report(
         f"Deleted consumer {t.consumer} from group {t.group} on stream {t.stream}; "
-        f"{dropped} pending entries were dropped."
+        f"{dropped} pending entries were dropped.",
+        f"Deleted consumer {t.consumer} of {t.stream} (group {t.group})",
     )
 
 
@@ -639,9 +805,12 @@ remove_consumer = Action(
 )
 
 
-def _add_group(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _add_group(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     create_group(t.client, t.key, data["group"], data["start"])
-    return f"Created group {data['group']} on stream {t.stream}, starting at {data['start']}."
+    return Report(
+        f"Created group {data['group']} on stream {t.stream}, starting at {data['start']}.",
+        f"Created group {data['group']} on {t.stream}",
+    )
 
 
 #: Create a consumer group on a stream.
@@ -655,10 +824,13 @@ add_group = Action(
 )
 
 
-def _remove_group(request: HttpRequest, t: Target, data: dict[str, Any]) -> str:
+def _remove_group(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
     if not destroy_group(t.client, t.key, t.group):
         raise redis.ResponseError(f"group {t.group} no longer exists")
-    return f"Destroyed group {t.group} on stream {t.stream} ({t.pending} were pending)."
+    return Report(
+        f"Destroyed group {t.group} on stream {t.stream} ({t.pending} were pending).",
+        f"Destroyed group {t.group} of {t.stream}",
+    )
 
 
 #: Destroy a consumer group (its position and pending entries are lost).
@@ -671,3 +843,204 @@ remove_group = Action(
     "of the stream when they restart.",
     back="groups",
 )
+
+
+# --- The actions on the outbox ------------------------------------------------------------
+
+
+def _delete_outbox(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
+    ids = data["ids"]
+    done, streams = delete_outbox_rows(ids)
+    names = _ids_text(streams, limit=5)
+    return Report(
+        f"Deleted {done} of {len(ids)} outbox rows ({names}): {_ids_text([str(i) for i in ids])}. "
+        "Their events will never reach Redis.",
+        f"Deleted {_events(done)} ({names})",
+    )
+
+
+#: Delete the selected outbox rows: their events are dropped.
+delete_outbox = Action(
+    _delete_outbox,
+    title="Delete outbox events",
+    form_class=OutboxRowsForm,
+    question="Delete these events from the outbox? They will never reach Redis, and no "
+    "consumer will see them. This cannot be undone.",
+    back="outbox",
+    lists="outbox",
+    on_outbox=True,
+)
+
+
+def _retry_outbox(request: HttpRequest, t: Target, data: dict[str, Any]) -> Report:
+    ids = data["ids"]
+    done, streams = retry_outbox_rows(ids)
+    names = _ids_text(streams, limit=5)
+    return Report(
+        f"Cleared the attempts and errors of {done} of {len(ids)} outbox rows ({names}): the "
+        "relay sends them in its next batch, in order.",
+        f"Retried {_events(done)} ({names})",
+    )
+
+
+#: Clear the selected rows' attempts and errors, so the relay sends them as new ones.
+retry_outbox = Action(
+    _retry_outbox,
+    title="Retry outbox events",
+    form_class=OutboxRowsForm,
+    question="Send these events again now? Their attempts and last error are cleared, so "
+    "the relay sends them in its next batch, each stream's in order. Fix the cause first "
+    "(a key of another type at the stream's name, say): else they fail again.",
+    back="outbox",
+    lists="outbox",
+    danger=False,
+    on_outbox=True,
+)
+
+
+# --- Send a test message -----------------------------------------------------------------
+
+
+@inspector_view(change=True)
+def send_message(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
+    """Publish a test message to a stream, or broadcast one on a channel (POST only).
+
+    A GET shows the form, pre-filled from the query string (``kind``, ``name``, ``type``,
+    ``payload``). A valid POST publishes with ``publish`` or ``broadcast`` (as application
+    code would, ``KEY_PREFIX`` added), logs, reports the new entry id or how many
+    subscribers received it, and shows the form again, filled as it was sent.
+    """
+    here = admin_url(request, "send")
+    if request.method == "POST":
+        form = SendMessageForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                report, object_id = _send(data)
+            except (redis.ResponseError, WriteRefused, TypeError) as exc:
+                messages.error(request, f"Not sent: {exc}")
+            else:
+                log_action(request, object_id, report.summary, report.message)
+                messages.success(request, report.message)
+                again = {k: data[k] for k in ("kind", "name", "type")}
+                if len(data["payload_text"]) <= 2000:
+                    again["payload"] = data["payload_text"]
+                return HttpResponseRedirect(with_query(here, again))
+    else:
+        form = SendMessageForm(initial={k: v for k, v in request.GET.items() if v})
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/send.html",
+        title="Send a test message",
+        crumbs=[("Send a test message", None)],
+        form=form,
+    )
+
+
+def _send(data: dict[str, Any]) -> tuple[Report, str]:
+    """Publish or broadcast the form's message; return the report and the log's object id."""
+    name, kind, event_type, payload = data["name"], data["kind"], data["type"], data["payload"]
+    described = f" of type {event_type}" if event_type else ""
+    if kind == "stream":
+        entry_id = publish(name, payload, type=event_type)
+        return (
+            Report(
+                f"Published a test message{described} to stream {name} as entry {entry_id}.",
+                f"Sent a test message to {name} (entry {entry_id})",
+            ),
+            name,
+        )
+    receivers = broadcast(name, payload, type=event_type)
+    subscribers = f"{receivers} subscriber{'s' if receivers != 1 else ''}"
+    return (
+        Report(
+            f"Broadcast a test message{described} on channel {name}: {subscribers} received it.",
+            f"Broadcast a test message on {name} ({subscribers})",
+        ),
+        CHANNEL_OBJECT_ID + name,
+    )
+
+
+# --- The relay: disconnect a user's sockets ------------------------------------------------
+
+
+def _relay_user(user_id: str) -> Any:
+    """Return the user whose sockets the disconnect action closes; ``KeyMissing`` if none."""
+    model = get_user_model()
+    try:
+        return model._default_manager.get(pk=user_id)
+    except (model.DoesNotExist, ValueError, ValidationError):
+        raise queries.KeyMissing(f"There is no user with id {user_id!r}.") from None
+
+
+def _sockets_text(client: redis.Redis, prefix: str, user_id: str) -> str:
+    """Return how many relay sockets the user has open, as the relay processes last said."""
+    relay = read_relays(client, prefix=prefix)
+    open_now = sum(u.sockets for u in relay.users if u.id == user_id)
+    processes = sum(1 for p in relay.processes if any(u.id == user_id for u in p.users))
+    sockets = f"{open_now} relay socket{'s' if open_now != 1 else ''}"
+    where = f" on {processes} server process{'es' if processes != 1 else ''}" if open_now else ""
+    return f"{sockets} open{where}"
+
+
+@inspector_view(change=True)
+def disconnect_relay_user(
+    request: HttpRequest, model_admin: InspectorAdmin, user_id: str
+) -> HttpResponse:
+    """Close every relay socket of one user on every server process: GET asks, POST acts.
+
+    It calls ``redis_broker.relay.disconnect_user``: the sockets close with code 4001 and
+    ``broker.js`` does not reconnect them. The user stays logged in, so a reloaded page
+    opens a new socket; the question says so.
+    """
+    user = _relay_user(user_id)
+    config = get_config()
+    client = get_redis()
+    name, pk = user.get_username(), str(user.pk)
+    back_url = admin_url(request, "pubsub")
+    title = "Disconnect user"
+    form = ConfirmForm(request.POST if request.method == "POST" else None)
+    if form.is_valid():
+        before = _sockets_text(client, config.key_prefix, pk)
+        try:
+            sent = disconnect_user(user)
+        except REDIS_ERRORS as exc:
+            messages.error(request, f"{title} failed: {exc}")
+            return HttpResponseRedirect(back_url)
+        if not sent:
+            messages.error(
+                request,
+                f"{title} failed: there is no CHANNEL_LAYERS to reach the server processes; "
+                "no socket was closed.",
+            )
+            return HttpResponseRedirect(back_url)
+        message = (
+            f"Closed every relay socket of user {name} (id {pk}) on every server process "
+            f"({before} before); their pages stopped receiving messages (close code 4001)."
+        )
+        summary = f"Disconnected {name} from the relay"
+        log_action(request, f"{CHANNEL_OBJECT_ID}relay/users/{pk}", summary, message)
+        messages.success(request, message)
+        return HttpResponseRedirect(back_url)
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/confirm.html",
+        title=title,
+        crumbs=[("Pub/Sub channels", back_url), (title, None)],
+        form=form,
+        question=(
+            f"Close every relay socket of user “{name}” (id {pk}), on every server process? "
+            f"The relay shows {_sockets_text(client, config.key_prefix, pk)}. Their pages "
+            "stop receiving messages and do not reconnect; the user stays logged in, so a "
+            "reloaded page connects again (deactivate the user to keep them out)."
+        ),
+        items=[],
+        ids=[],
+        back_url=back_url,
+        danger=True,
+        has_errors=False,
+        item_kind="",
+        consumer_names=(),
+    )

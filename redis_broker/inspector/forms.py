@@ -10,6 +10,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from .. import wire
+from ..exceptions import MalformedEntry
 
 #: Most entries one action may name (a page holds at most 100).
 MAX_IDS = 1000
@@ -37,10 +38,21 @@ class EntryIdField(forms.CharField):
             validate_entry_id(value)
 
 
-class EntryIdsField(forms.Field):
-    """A list of entry ids, posted as repeated hidden inputs (or checkboxes) named ``ids``."""
+class SelectionField(forms.Field):
+    """The rows ticked on a list, posted as repeated hidden inputs (or checkboxes) ``ids``.
+
+    Subclasses say what one item looks like (``is_item``) and how a missing selection is
+    reported (``empty_message``: the actions send the user back to the list with it).
+    """
 
     widget = forms.MultipleHiddenInput
+    empty_message = "Select at least one entry."
+    plural = "entries"
+
+    @staticmethod
+    def is_item(value: str) -> bool:
+        """Return True when ``value`` is well formed (overridden)."""
+        raise NotImplementedError
 
     def to_python(self, value: Any) -> list[str]:
         """Return the ids in order, without blanks or duplicates."""
@@ -58,11 +70,45 @@ class EntryIdsField(forms.Field):
     def validate(self, value: Any) -> None:
         """Require at least one id, each well formed, and at most ``MAX_IDS``."""
         if not value:
-            raise ValidationError("Select at least one entry.")
+            raise ValidationError(self.empty_message)
         if len(value) > MAX_IDS:
-            raise ValidationError(f"Select at most {MAX_IDS} entries at once.")
+            raise ValidationError(f"Select at most {MAX_IDS} {self.plural} at once.")
         for item in value:
-            validate_entry_id(item)
+            self.check_item(item)
+
+    def check_item(self, value: str) -> None:
+        """Raise ``ValidationError`` unless ``value`` is well formed."""
+        if not self.is_item(value):
+            raise ValidationError(f"{value!r} is not a valid id.")
+
+
+class EntryIdsField(SelectionField):
+    """A list of stream entry ids."""
+
+    @staticmethod
+    def is_item(value: str) -> bool:
+        """Return True for a stream entry id."""
+        return wire.is_entry_id(value)
+
+    def check_item(self, value: str) -> None:
+        """Raise ``ValidationError`` unless ``value`` is a stream entry id."""
+        validate_entry_id(value)
+
+
+class RowIdsField(SelectionField):
+    """A list of outbox row ids (positive integers)."""
+
+    empty_message = "Select at least one row."
+    plural = "rows"
+
+    @staticmethod
+    def is_item(value: str) -> bool:
+        """Return True for a row id: digits, not too long for a 64-bit key."""
+        return value.isascii() and value.isdigit() and 0 < len(value) <= 19
+
+    def clean(self, value: Any) -> list[int]:
+        """Return the ids as integers, once each is checked."""
+        return [int(item) for item in super().clean(value)]
 
 
 def name_field(label: str, help_text: str = "") -> forms.CharField:
@@ -109,6 +155,12 @@ class EntryIdsForm(forms.Form):
     ids = EntryIdsField()
 
 
+class OutboxRowsForm(forms.Form):
+    """An action on selected outbox rows (delete, retry)."""
+
+    ids = RowIdsField()
+
+
 class ClaimForm(EntryIdsForm):
     """Claim selected pending entries for one consumer."""
 
@@ -150,3 +202,44 @@ class CreateGroupForm(forms.Form):
         if value != "$":
             validate_entry_id(value)
         return value
+
+
+class SendMessageForm(forms.Form):
+    """A test message: where to (a stream, or a Pub/Sub channel), its type and JSON data."""
+
+    kind = forms.ChoiceField(
+        label="Send to",
+        choices=[
+            ("stream", "a stream (publish: consumers handle it)"),
+            ("channel", "a Pub/Sub channel (broadcast: live subscribers and browsers get it)"),
+        ],
+        initial="stream",
+        widget=forms.RadioSelect,
+    )
+    name = name_field("Stream or channel", "Without KEY_PREFIX, as application code names it.")
+    type = forms.CharField(
+        label="Type", max_length=200, required=False, strip=True, help_text="Optional."
+    )
+    payload = forms.CharField(
+        label="Data (JSON)",
+        initial="{}",
+        max_length=100_000,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 60, "class": "vLargeTextField"}),
+        help_text='Any JSON value: {"order": 42}, "hello", [1, 2], 3.',
+    )
+
+    def clean_payload(self) -> Any:
+        """Parse the data with the wire format's reader (depth and JSON rules included)."""
+        text: str = self.cleaned_data["payload"]
+        try:
+            return wire.loads(text, what="data")
+        except MalformedEntry as exc:
+            raise ValidationError(str(exc)) from exc
+
+    def clean(self) -> dict[str, Any]:
+        """Keep the data's text beside its value (to fill the form again after sending)."""
+        cleaned = super().clean() or {}
+        if "payload" in cleaned:
+            cleaned["payload_text"] = str(self.data.get("payload", "")).strip()
+        return cleaned

@@ -2,9 +2,10 @@
 
 ``inspector_view`` wraps a page: it checks the ``Broker`` permissions, turns a Redis
 outage into the "unavailable" page (503) and a vanished stream or group into the "not
-found" page (404). ``render`` draws a template inside the admin's header, sidebar and
-breadcrumbs, with a context that starts with ``admin_site.each_context(request)``. The
-rest builds the links between pages: inspector URLs, breadcrumb trails, pager links.
+found" page (404), which names the type of a key that holds no stream. ``render``
+draws a template inside the admin's header, sidebar and breadcrumbs, with a context that
+starts with ``admin_site.each_context(request)``. The rest builds the links between
+pages: inspector URLs, breadcrumb trails, pager links.
 
 The read pages (``views``) and the actions (``actions``) both stand on this module. It
 knows the admin only through ``InspectorAdmin``, the little it needs of a ``ModelAdmin``,
@@ -25,10 +26,10 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from ..conf import get_config
-from ..connection import mask_url, translate_errors
+from ..connection import get_redis, mask_url, translate_errors
 from ..exceptions import BrokerUnavailable
-from ..models import Broker
-from .queries import EntryPage, KeyMissing
+from ..models import Broker, OutboxEvent
+from .queries import EntryPage, KeyMissing, key_facts
 
 
 class InspectorAdmin(Protocol):
@@ -76,11 +77,13 @@ def inspector_view(*, change: bool = False) -> Callable[[View[P]], View[P]]:
                 raise PermissionDenied
             try:
                 with translate_errors():
-                    return func(request, model_admin, *args, **kwargs)
+                    try:
+                        return func(request, model_admin, *args, **kwargs)
+                    except KeyMissing as exc:
+                        # Inside translate_errors: the page asks Redis what the key holds.
+                        return missing(request, model_admin, exc)
             except BrokerUnavailable as exc:
                 return unavailable(request, model_admin, exc)
-            except KeyMissing as exc:
-                return missing(request, model_admin, exc)
 
         return wrapper
 
@@ -131,7 +134,27 @@ def unavailable(
 
 
 def missing(request: HttpRequest, model_admin: InspectorAdmin, exc: KeyMissing) -> TemplateResponse:
-    """Render the "not found" page (404): the stream or group is gone since it was linked."""
+    """Render the "not found" page (404): the stream or group is gone since it was linked.
+
+    When the stream's name holds a key of another type, say so, with the key's type,
+    size and expiry: publishing to it fails with ``WRONGTYPE``, the usual cause of a
+    stuck outbox, whose rows waiting for that stream are counted.
+    """
+    facts = None
+    if exc.name is not None:
+        facts = key_facts(get_redis(), prefix=get_config().key_prefix, name=exc.name)
+    if facts is not None and facts.type not in ("none", "stream"):
+        return render(
+            request,
+            model_admin,
+            "redis_broker/admin/missing.html",
+            title=f"{facts.name} is a {facts.type}, not a stream",
+            crumbs=[(facts.name, None)],
+            status=404,
+            reason=f"“{facts.name}” is a {facts.type}, not a stream.",
+            facts=facts,
+            outbox_waiting=OutboxEvent.objects.filter(stream=facts.name).count(),
+        )
     return render(
         request,
         model_admin,

@@ -24,12 +24,13 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from django.db.models import Count
+from django.utils import timezone
 
 from .. import wire
 from ..consumers.policy import is_missing
@@ -71,7 +72,19 @@ MAX_PAYLOAD_CHARS = 100_000
 
 
 class KeyMissing(LookupError):
-    """The stream (or consumer group) is not there: deleted or expired since it was listed."""
+    """The stream (or consumer group) is not there: deleted or expired since it was listed.
+
+    ``name`` is the stream's name when the stream itself is missing: the "not found" page
+    then asks Redis what the key holds, since a key of another type is reported as such.
+    """
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+#: Longest one-line payload preview shown before its ``<details>`` is opened.
+LINE_CHARS = 160
 
 
 def format_duration(ms: int | float | None) -> str:
@@ -89,6 +102,37 @@ def format_duration(ms: int | float | None) -> str:
     if seconds < 172_800:
         return f"{seconds // 3600} h"
     return f"{seconds // 86_400} d"
+
+
+def format_timestamp(value: datetime | int | float | None) -> str:
+    """Return the inspector's one timestamp format, with the time zone: "2026-11-30 09:41:07 UTC".
+
+    ``value`` is an aware (or, with ``USE_TZ = False``, a naive local) datetime or
+    milliseconds since the epoch, as entry ids and idle times give. It is shown in the
+    current time zone (``TIME_ZONE`` unless activated otherwise). None gives "–".
+    """
+    if value is None:
+        return "–"
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value / 1000, tz=UTC)
+    elif timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """Return the aware datetime of an ISO 8601 text (a ``published_at``), or None."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def one_line(text: str, limit: int = LINE_CHARS) -> str:
+    """Return ``text`` with its runs of whitespace collapsed, cut to ``limit`` characters."""
+    line = " ".join(text[: limit * 4].split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def now_ms() -> int:
@@ -157,6 +201,16 @@ class StreamSummary:
     def first_age(self) -> str:
         """Return the age of the oldest entry, for display."""
         return format_duration(self.first_age_ms)
+
+    @property
+    def first_time(self) -> str:
+        """Return when the oldest entry was added (from its id), for display."""
+        return format_timestamp(wire.entry_id_ms(self.first_id) if self.first_id else None)
+
+    @property
+    def last_time(self) -> str:
+        """Return when the newest entry was added (from its id), for display."""
+        return format_timestamp(wire.entry_id_ms(self.last_id) if self.last_id else None)
 
     @property
     def last_age(self) -> str:
@@ -241,7 +295,7 @@ def stream_summary(
     pipe.xlen(dlq_key)
     info, dlq_type, dlq_length = pipe.execute(raise_on_error=False)
     if not isinstance(info, dict):
-        raise KeyMissing(f"There is no stream {name!r}.")
+        raise KeyMissing(f"There is no stream {name!r}.", name=name)
     dead_letters = int(dlq_length) if dlq_type == b"stream" else 0
     return _summary(name, info, dead_letters, dead_letter_suffix, now=now_ms())
 
@@ -254,6 +308,84 @@ def is_stream(client: redis.Redis, *, prefix: str, name: str) -> bool:
 def key_type(client: redis.Redis, *, prefix: str, name: str) -> str:
     """Return the type of key ``name`` under ``prefix``: "stream", "list", "none"…"""
     return wire.reply_text(client.type(prefixed(prefix, name)), "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFacts:
+    """What a key holds, for the page that reports a key which is not a stream."""
+
+    name: str  # without KEY_PREFIX
+    key: str  # with it
+    type: str  # "string", "list", "hash", "set", "zset", "stream", or "none"
+    size: int | None  # items, fields, members or bytes (per ``size_unit``)
+    size_unit: str
+    ttl_ms: int | None  # None: no expiry
+
+    @property
+    def size_text(self) -> str:
+        """Return the size with its unit ("3 items", "1 member"), or "" when unknown."""
+        if self.size is None:
+            return ""
+        unit = self.size_unit[:-1] if self.size == 1 else self.size_unit
+        return f"{self.size} {unit}"
+
+    @property
+    def ttl(self) -> str:
+        """Return the time left before the key expires, for display."""
+        return "no expiry" if self.ttl_ms is None else format_duration(self.ttl_ms)
+
+
+#: What the size of each key type counts (read with its O(1) length command).
+_SIZE_UNITS = {
+    "string": "bytes",
+    "list": "items",
+    "hash": "fields",
+    "set": "members",
+    "zset": "members",
+    "stream": "entries",
+}
+
+
+def key_facts(client: redis.Redis, *, prefix: str, name: str) -> KeyFacts:
+    """Return the type, size and time to live of key ``name``: two small round trips.
+
+    The size comes from the type's O(1) length command (``LLEN``, ``HLEN``…); a type
+    without one (a module's) has no size.
+    """
+    key = prefixed(prefix, name)
+    pipe = client.pipeline(transaction=False)
+    pipe.type(key)
+    pipe.pttl(key)
+    kind_reply, ttl = pipe.execute()
+    kind = wire.reply_text(kind_reply, "replace")
+    lengths = {
+        "string": client.strlen,
+        "list": client.llen,
+        "hash": client.hlen,
+        "set": client.scard,
+        "zset": client.zcard,
+        "stream": client.xlen,
+    }
+    size = int(lengths[kind](key)) if kind in lengths else None
+    return KeyFacts(
+        name=name,
+        key=key,
+        type=kind,
+        size=size,
+        size_unit=_SIZE_UNITS.get(kind, ""),
+        ttl_ms=ttl if isinstance(ttl, int) and ttl >= 0 else None,
+    )
+
+
+def key_types(client: redis.Redis, *, prefix: str, names: Sequence[str]) -> dict[str, str]:
+    """Return the type of each key in ``names`` (one pipelined ``TYPE`` each)."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.type(prefixed(prefix, name))
+    return {
+        name: wire.reply_text(kind, "replace")
+        for name, kind in zip(names, pipe.execute(), strict=True)
+    }
 
 
 # --- Entries --------------------------------------------------------------------------
@@ -279,11 +411,35 @@ class Entry:
     delivery_count: str = ""
     payload_clipped: bool = False  # longer than MAX_PAYLOAD_CHARS; the rest is not shown
     payload_problem: str = ""  # why the payload is shown raw (empty when it is JSON)
+    traceback: str = ""  # a dead letter's formatted exception (``wire.TRACEBACK``)
+    line: str = ""  # the payload on one line, cut to LINE_CHARS: the collapsed preview
+    # Every field as stored (values cut at MAX_FIELD_CHARS), kept only for an entry the
+    # wire format cannot read: the dead-letters page shows such an entry as it is.
+    raw_fields: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def age(self) -> str:
         """Return the entry's age, for display."""
         return format_duration(self.age_ms)
+
+    @property
+    def time(self) -> str:
+        """Return when the entry was added (its id's milliseconds; a list item's
+        ``published_at``), in the inspector's timestamp format."""
+        if self.id:
+            return format_timestamp(wire.entry_id_ms(self.id))
+        return format_timestamp(parse_timestamp(self.published_at))
+
+    @property
+    def published(self) -> str:
+        """Return ``published_at`` in the inspector's format (as stored when unreadable)."""
+        parsed = parse_timestamp(self.published_at)
+        return format_timestamp(parsed) if parsed else self.published_at
+
+    @property
+    def is_one_line(self) -> bool:
+        """Return True when the one-line preview already shows the whole payload."""
+        return self.line == self.payload
 
     @property
     def is_long(self) -> bool:
@@ -306,7 +462,10 @@ _KNOWN_FIELDS = {
     wire.ORIGINAL_ID,
     wire.ERROR,
     wire.DELIVERY_COUNT,
+    wire.TRACEBACK,
 }
+#: Longest field value kept in ``Entry.raw_fields``.
+MAX_FIELD_CHARS = 2000
 
 
 def _pretty(raw: str, what: str) -> tuple[str, str]:
@@ -335,13 +494,19 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
     ``entry_id`` is ``""`` for a list item (``decode_item_for_display``): its age is then
     read from its ``published_at``.
     """
+    undecodable = ""
     try:
         fields = wire.fields_as_text(raw)
-    except MalformedEntry:
+    except MalformedEntry as exc:
+        undecodable = str(exc)
         fields = {
             wire.reply_text(k, "replace"): wire.reply_text(v, "replace") for k, v in raw.items()
         }
-    payload, problem = _pretty(fields.get(wire.DATA, ""), "payload")
+    if wire.DATA in fields:
+        payload, problem = _pretty(fields[wire.DATA], "payload")
+    else:
+        payload, problem = "", "the entry has no data field"
+    problem = undecodable or problem
     clipped = len(payload) > MAX_PAYLOAD_CHARS
     headers = _pretty(fields[wire.HEADERS], "headers")[0] if wire.HEADERS in fields else ""
     return Entry(
@@ -360,6 +525,9 @@ def decode_for_display(entry_id: str, raw: Mapping[Any, Any], *, now: int) -> En
         delivery_count=fields.get(wire.DELIVERY_COUNT, ""),
         payload_clipped=clipped,
         payload_problem=problem,
+        traceback=fields.get(wire.TRACEBACK, ""),
+        line=one_line(fields.get(wire.DATA, "")),
+        raw_fields=[(k, v[:MAX_FIELD_CHARS]) for k, v in fields.items()] if problem else [],
     )
 
 
@@ -425,7 +593,7 @@ def read_entries(
         pipe.xrevrange(key, max=f"({before}" if before else high, min=low, count=count + 1)
     key_type, rows = pipe.execute()
     if key_type != b"stream":
-        raise KeyMissing(f"There is no stream {name!r}.")
+        raise KeyMissing(f"There is no stream {name!r}.", name=name)
     more = len(rows) > count
     rows = rows[:count]
     if after is not None:
@@ -478,6 +646,11 @@ class ConsumerInfo:
         return format_duration(self.idle_ms)
 
     @property
+    def seen_at(self) -> str:
+        """Return when the consumer last tried to read, claim or ack (now minus idle)."""
+        return format_timestamp(now_ms() - self.idle_ms)
+
+    @property
     def inactive(self) -> str:
         """Return the inactive time, for display."""
         return format_duration(self.inactive_ms)
@@ -502,7 +675,7 @@ def list_groups(client: redis.Redis, *, prefix: str, name: str) -> list[GroupInf
         groups = client.xinfo_groups(key)
     except redis.ResponseError as exc:
         if is_missing(exc):
-            raise KeyMissing(f"There is no stream {name!r}.") from exc
+            raise KeyMissing(f"There is no stream {name!r}.", name=name) from exc
         raise
     pipe = client.pipeline(transaction=False)
     for group in groups:
@@ -559,11 +732,26 @@ class PendingEntry:
     consumer: str
     idle_ms: int
     deliveries: int
+    delivered_ms: int = 0  # when it was last delivered: read time minus idle
+    # The entry itself, for its type and payload; None when it was deleted or trimmed
+    # away (still pending: only an ack or a claim removes it from the pending list).
+    entry: Entry | None = None
+    read: bool = False  # whether ``entry`` was looked up (False: not asked for)
 
     @property
     def idle(self) -> str:
         """Return the time since the last delivery, for display."""
         return format_duration(self.idle_ms)
+
+    @property
+    def delivered_at(self) -> str:
+        """Return when the entry was last delivered, in the inspector's timestamp format."""
+        return format_timestamp(self.delivered_ms)
+
+    @property
+    def time(self) -> str:
+        """Return when the entry was added (its id), in the inspector's timestamp format."""
+        return format_timestamp(wire.entry_id_ms(self.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,8 +788,29 @@ def read_pending(
             raise KeyMissing(f"The stream {name!r} has no consumer group {group!r}.") from exc
         raise
     more = len(rows) > count
-    entries = [_pending_entry(row) for row in rows[:count]]
+    entries = with_entries(client, key, [_pending_entry(row) for row in rows[:count]])
     return PendingPage(entries=entries, next_after=entries[-1].id if more else None)
+
+
+def with_entries(
+    client: redis.Redis, key: str, pending: Sequence[PendingEntry]
+) -> list[PendingEntry]:
+    """Return ``pending`` with their entries (type, payload) read in one pipelined round trip.
+
+    One ``XRANGE id id COUNT 1`` per pending entry, so the cost follows the page (at most
+    100 on the pending page), never the stream.
+    """
+    pipe = client.pipeline(transaction=False)
+    for p in pending:
+        pipe.xrange(key, min=p.id, max=p.id, count=1)
+    now = now_ms()
+    result = []
+    for p, rows in zip(pending, pipe.execute(raise_on_error=False), strict=True):
+        entry = None
+        if isinstance(rows, list) and rows:
+            entry = decode_for_display(p.id, rows[0][1], now=now)
+        result.append(replace(p, entry=entry, read=True))
+    return result
 
 
 def read_pending_by_id(
@@ -620,16 +829,18 @@ def read_pending_by_id(
     for rows in pipe.execute(raise_on_error=False):
         if isinstance(rows, list):
             found.extend(_pending_entry(row) for row in rows)
-    return found
+    return with_entries(client, key, found)
 
 
 def _pending_entry(row: Mapping[str, Any]) -> PendingEntry:
     """Return a ``PendingEntry`` for one row of redis-py's extended ``XPENDING`` reply."""
+    idle_ms = int(row["time_since_delivered"])
     return PendingEntry(
         id=wire.reply_text(row["message_id"], "replace"),
         consumer=wire.reply_text(row["consumer"], "replace"),
-        idle_ms=int(row["time_since_delivered"]),
+        idle_ms=idle_ms,
         deliveries=int(row["times_delivered"]),
+        delivered_ms=now_ms() - idle_ms,
     )
 
 
@@ -867,30 +1078,93 @@ class ChannelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerChannel:
+    """A channel of the Channels layer (channels_redis), not one the application uses."""
+
+    name: str  # the whole Redis channel name
+    subscribers: int
+    group: str | None  # the Channels group it carries, or None for one consumer's channel
+
+
+@dataclass(frozen=True, slots=True)
 class PubSubInfo:
-    """The active channels under KEY_PREFIX and the server's pattern subscriptions."""
+    """The active channels under KEY_PREFIX and the server's pattern subscriptions.
+
+    ``channels`` are the application's; ``internal`` the Channels layer's own (its
+    groups, such as the relay's ``redis_broker.user.<pk>``, and each consumer's channel).
+    """
 
     channels: list[ChannelInfo]
     patterns: int
     truncated: bool
+    internal: list[LayerChannel] = field(default_factory=list)
 
 
-def pubsub_info(client: redis.Redis, *, prefix: str, limit: int = MAX_CHANNELS) -> PubSubInfo:
-    """Return active channels (``PUBSUB CHANNELS``) with counts (``PUBSUB NUMSUB``)."""
-    names = sorted(client.pubsub_channels(glob_escape(prefix) + "*"))
-    truncated = len(names) > limit
-    names = names[:limit]
-    counts: list[tuple[Any, Any]] = client.pubsub_numsub(*names) if names else []
+#: What channels_redis's Pub/Sub layer puts after its ``prefix`` (``"asgi"`` unless
+#: ``CHANNEL_LAYERS`` says otherwise): a group's channel, or one consumer's own channel.
+LAYER_GROUP = "__group__"
+LAYER_SPECIFIC = "specific."
+
+
+def layer_group(name: str, layer_prefixes: Sequence[str]) -> str | None:
+    """Return the Channels group carried by channel ``name`` ("" when it carries none),
+    or None when ``name`` is not a Channels layer's channel.
+
+    A layer channel starts with a layer's prefix then ``__group__`` or ``specific.``; a
+    name with ``!`` is a core layer's process-specific channel.
+    """
+    for layer_prefix in layer_prefixes:
+        if name.startswith(layer_prefix + LAYER_GROUP):
+            return name[len(layer_prefix + LAYER_GROUP) :]
+        if name.startswith(layer_prefix + LAYER_SPECIFIC):
+            return ""
+    return "" if "!" in name else None
+
+
+def pubsub_info(
+    client: redis.Redis,
+    *,
+    prefix: str,
+    limit: int = MAX_CHANNELS,
+    layer_prefixes: Sequence[str] = (),
+) -> PubSubInfo:
+    """Return active channels (``PUBSUB CHANNELS``) with counts (``PUBSUB NUMSUB``).
+
+    Channels under KEY_PREFIX and under the Channels layers' ``layer_prefixes`` are
+    read; the layers' own channels are returned apart, in ``internal`` (at most ``limit``
+    of each kind).
+    """
+    pipe = client.pipeline(transaction=False)
+    for pattern in dict.fromkeys([prefix, *layer_prefixes]):
+        pipe.pubsub_channels(glob_escape(pattern) + "*")
+    found = {wire.reply_text(raw, "replace") for reply in pipe.execute() for raw in reply}
+    ours: list[str] = []
+    layers: dict[str, str] = {}
+    for name in sorted(found):
+        group = layer_group(name, layer_prefixes)
+        if group is not None:
+            layers[name] = group
+        elif name.startswith(prefix):
+            ours.append(name)
+    truncated = len(ours) > limit or len(layers) > limit
+    ours, layer_names = ours[:limit], list(layers)[:limit]
+    counts: dict[str, int] = {}
+    if ours or layer_names:
+        counts = {
+            wire.reply_text(channel, "replace"): int(number)
+            for channel, number in client.pubsub_numsub(*ours, *layer_names)
+        }
     return PubSubInfo(
         channels=[
-            ChannelInfo(
-                name=unprefixed(prefix, wire.reply_text(channel, "replace")),
-                subscribers=int(number),
-            )
-            for channel, number in counts
+            ChannelInfo(name=unprefixed(prefix, name), subscribers=counts.get(name, 0))
+            for name in ours
         ],
         patterns=int(client.pubsub_numpat()),
         truncated=truncated,
+        internal=[
+            LayerChannel(name=name, subscribers=counts.get(name, 0), group=layers[name] or None)
+            for name in layer_names
+        ],
     )
 
 
@@ -982,6 +1256,17 @@ class OutboxRow:
     created_at: datetime
     attempts: int
     last_error: str
+    entry: Entry | None = None  # its fields decoded like a stream entry's (payload, headers)
+
+    @property
+    def created(self) -> str:
+        """Return when the row was written, in the inspector's timestamp format."""
+        return format_timestamp(self.created_at)
+
+    @property
+    def wrong_type(self) -> bool:
+        """Return True when Redis refused the row because its stream's key holds another type."""
+        return "WRONGTYPE" in self.last_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -1002,6 +1287,7 @@ class OutboxInfo:
 def outbox_info(limit: int = 50) -> OutboxInfo:
     """Return the outbox backlog and its ``limit`` oldest rows (database reads only)."""
     rows = OutboxEvent.objects.order_by("id")[:limit]
+    now = now_ms()
     per_stream = (
         OutboxEvent.objects.values_list("stream")
         .annotate(n=Count("id"))
@@ -1009,17 +1295,28 @@ def outbox_info(limit: int = 50) -> OutboxInfo:
     )
     return OutboxInfo(
         backlog=backlog(),
-        oldest=[
-            OutboxRow(
-                id=row.id,
-                stream=row.stream,
-                type=str((row.fields or {}).get(wire.TYPE, "")),
-                event_id=str((row.fields or {}).get(wire.EVENT_ID, "")),
-                created_at=row.created_at,
-                attempts=row.attempts,
-                last_error=row.last_error,
-            )
-            for row in rows
-        ],
+        oldest=[_outbox_row(row, now) for row in rows],
         per_stream=[(stream, n) for stream, n in per_stream],
     )
+
+
+def _outbox_row(row: OutboxEvent, now: int) -> OutboxRow:
+    """Return an outbox row for display, its fields decoded like a stream entry's."""
+    fields = row.fields if isinstance(row.fields, Mapping) else {}
+    return OutboxRow(
+        id=row.id,
+        stream=row.stream,
+        type=str(fields.get(wire.TYPE, "")),
+        event_id=str(fields.get(wire.EVENT_ID, "")),
+        created_at=row.created_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        entry=decode_for_display("", {str(k): str(v) for k, v in fields.items()}, now=now),
+    )
+
+
+def outbox_rows_by_id(ids: Sequence[int]) -> list[OutboxRow]:
+    """Return the outbox rows with these ids that still wait, oldest first (confirm pages)."""
+    now = now_ms()
+    rows = OutboxEvent.objects.filter(id__in=list(ids)).order_by("id")
+    return [_outbox_row(row, now) for row in rows]

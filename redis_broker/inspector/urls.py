@@ -28,7 +28,11 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     # The same page as the model's changelist, under the inspector's naming scheme.
     ("", views.overview, "index"),
     ("pubsub/", views.pubsub, "pubsub"),
+    ("pubsub/users/<str:user_id>/disconnect/", actions.disconnect_relay_user, "disconnect_user"),
     ("outbox/", views.outbox, "outbox"),
+    ("outbox/delete/", actions.delete_outbox, "delete_outbox"),
+    ("outbox/retry/", actions.retry_outbox, "retry_outbox"),
+    ("send/", actions.send_message, "send"),
     ("lists/", views.lists, "lists"),
     # The framework's ``stream`` argument names the list here (``Action.on_processing_list``).
     (_L + "processing/<str:consumer>/requeue/", actions.requeue_processing, "requeue_processing"),
@@ -42,6 +46,7 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     (_G + "pending/", views.pending, "pending"),
     (_G + "ack/", actions.ack, "ack"),
     (_G + "claim/", actions.claim, "claim"),
+    (_G + "retry/", actions.retry, "retry"),
     (_G + "destroy/", actions.remove_group, "destroy_group"),
     (_G + "consumers/<str:consumer>/delete/", actions.remove_consumer, "delete_consumer"),
 ]

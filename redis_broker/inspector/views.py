@@ -15,9 +15,12 @@ from django import forms
 from django.http import HttpRequest, HttpResponse
 
 from ..conf import get_config
-from ..connection import get_redis, mask_url
+from ..connection import get_redis, mask_url, translate_errors
+from ..exceptions import BrokerUnavailable
 from ..naming import dead_letter_name
 from ..outbox import backlog
+from ..relay import channel_layer_prefixes
+from ..relay.status import read_relays
 from . import queries
 from .forms import EntryFilterForm, PendingFilterForm
 from .pages import (
@@ -213,22 +216,26 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
 
 @inspector_view()
 def pubsub(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
-    """Show the active Pub/Sub channels and the live workers' channel consumers.
+    """Show the active Pub/Sub channels, the live workers' channel consumers and the relay.
 
-    Channels under KEY_PREFIX come with their subscriber counts; each channel consumer
-    with its worker and what Redis shows of its subscription.
+    Channels under KEY_PREFIX come with their subscriber counts, the Channels layer's
+    own channels apart; each channel consumer with its worker and what Redis shows of
+    its subscription; then each relay process's browser sockets (``relay.status``).
     """
     prefix = get_config().key_prefix
     client = get_redis()
     workers = queries.read_workers(client, prefix=prefix)
+    layers = channel_layer_prefixes()
     return render(
         request,
         model_admin,
         "redis_broker/admin/pubsub.html",
         title="Pub/Sub channels",
         crumbs=[("Pub/Sub channels", None)],
-        info=queries.pubsub_info(client, prefix=prefix),
+        info=queries.pubsub_info(client, prefix=prefix, layer_prefixes=layers),
         subscriptions=queries.channel_subscriptions(client, prefix=prefix, workers=workers),
+        relay=read_relays(client, prefix=prefix),
+        layer_prefixes=layers,
     )
 
 
@@ -256,12 +263,32 @@ def lists(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
 
 @inspector_view()
 def outbox(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
-    """Show the outbox backlog: how many events wait for Redis, and the oldest ones."""
+    """Show the outbox backlog: how many events wait for Redis, and the oldest ones.
+
+    Each stream named is checked with ``TYPE``, so a key of another type (the usual
+    cause of rows Redis refuses with ``WRONGTYPE``) is pointed out. The page is read from
+    the database and still shows, without those types, while Redis is unreachable: that
+    is when the outbox fills up.
+    """
+    info = queries.outbox_info()
+    names = sorted({s for s, _ in info.per_stream} | {row.stream for row in info.oldest})
+    key_types: dict[str, str] = {}
+    redis_error = ""
+    try:
+        with translate_errors():
+            key_types = queries.key_types(get_redis(), prefix=get_config().key_prefix, names=names)
+    except BrokerUnavailable as exc:
+        redis_error = str(exc)
     return render(
         request,
         model_admin,
         "redis_broker/admin/outbox.html",
         title="Outbox backlog",
         crumbs=[("Outbox", None)],
-        info=queries.outbox_info(),
+        info=info,
+        # (stream, waiting rows, its key's type) and (row, its stream key's type):
+        # "" when Redis could not tell.
+        per_stream=[(name, n, key_types.get(name, "")) for name, n in info.per_stream],
+        rows=[(row, key_types.get(row.stream, "")) for row in info.oldest],
+        redis_error=redis_error,
     )

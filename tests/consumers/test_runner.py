@@ -107,6 +107,7 @@ def test_entry_is_dead_lettered_after_max_deliveries(redis_client: redis.Redis) 
     assert code == 0
     assert redis_client.get(attempts_key(original[1]["event_id"])) == "3"  # MAX_DELIVERIES
     ((_, dead),) = redis_client.xrange(DLQ)
+    assert dead.pop("traceback").endswith("RuntimeError: planned failure 3")
     assert dead == {
         **original[1],
         "original_stream": "test.orders",

@@ -1,9 +1,10 @@
 """Helpers of the inspector tests: the seeded names, every page, URLs, Redis snapshots,
-and real worker heartbeats."""
+real worker heartbeats and relay status records."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from redis_broker.consumers.channels import ChannelWorker
 from redis_broker.consumers.lists import ListWorker
 from redis_broker.consumers.registry import ChannelConsumerSpec, ListConsumerSpec
 from redis_broker.heartbeat import Heartbeat
+from redis_broker.relay.status import encode_status, write_status
 
 STREAM = "orders"
 GROUP = "billing"
@@ -129,3 +131,28 @@ def beat(
             await client.aclose()
 
     asyncio.run(claim())
+
+
+def write_relay_status(redis_url: str, process: str, **counts: Any) -> None:
+    """Write one relay process's record with the real writer, as a hub does."""
+    record = encode_status(
+        process=process,
+        host="web1",
+        pid=4242,
+        started_at=1_700_000_000.0,
+        sockets=counts.get("sockets", 3),
+        anonymous=0,
+        users=Counter(counts.get("users", {("7", "alice"): 2, ("8", "bob"): 1})),
+        channels=counts.get("channels", {"chat.lobby": 3}),
+        errors={"rate_limited": 12, "too_large": 4, "forbidden": 1},
+        overflows=0,
+    )
+
+    async def write() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await write_status(client, "", process, record)
+        finally:
+            await client.aclose()
+
+    asyncio.run(write())

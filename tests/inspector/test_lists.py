@@ -205,7 +205,7 @@ def test_requeue_processing_moves_items_back_to_the_head_in_order_and_logs(
     assert entry.content_type == ContentType.objects.get_for_model(Broker)
     assert (entry.object_id, entry.object_repr, entry.action_flag) == (
         f"lists/{LIST}",
-        f"list {LIST}",
+        f"Requeued 2 items of dead worker {DEAD_WORKER} to list {LIST}",
         CHANGE,
     )
     assert entry.change_message.startswith(f"Moved 2 items of consumer {DEAD_WORKER}")

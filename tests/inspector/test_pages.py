@@ -81,11 +81,11 @@ def test_script_payload_is_shown_escaped(
 def test_long_payload_is_folded_with_a_details_element(
     admin_client: Client, redis_client: redis.Redis
 ) -> None:
-    """Tests that a long payload shows a preview and the rest inside <details>."""
+    """Tests that a long payload shows a one-line preview and the rest inside <details>."""
     redis_client.xadd(STREAM, wire.encode_entry({"text": "x" * 5000}))
     body = admin_client.get(url("stream", stream=STREAM)).content.decode()
-    assert "<details" in body
-    assert "Show all" in body
+    assert '<details class="rb-fold"><summary title="Show the whole payload' in body
+    assert '<code class="rb-line">{&quot;text&quot;:&quot;' + "x" * 100 in body
     assert "x" * 5000 in body  # all of it is there, folded
 
 

@@ -30,6 +30,10 @@ def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str,
         ("create_group", {"stream": STREAM}, {"group": "new", "start": "0"}),
         ("destroy_group", {"stream": STREAM, "group": GROUP}, {}),
         ("requeue_processing", {"stream": LIST, "consumer": DEAD_WORKER}, {}),
+        ("retry", {"stream": STREAM, "group": GROUP}, {"ids": seeded.pending[:2]}),
+        ("delete_outbox", {}, {"ids": ["1", "2"]}),
+        ("retry_outbox", {}, {"ids": ["1", "2"]}),
+        ("send", {}, {"kind": "stream", "name": STREAM, "payload": '{"n": 1}'}),
     ]
 
 
