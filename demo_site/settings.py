@@ -1,7 +1,8 @@
 """Settings of the demo site, read from the environment with django-environ.
 
-Environment: REDIS_URL, DATABASE_URL (default: SQLite in var/), SECRET_KEY, DEBUG,
-ALLOWED_HOSTS. ``make demo`` starts a private Redis and sets REDIS_URL when it is unset.
+Environment: REDIS_URL, DATABASE_URL (default: SQLite in var/), SECRET_KEY, DEBUG (off
+unless ``DEBUG=1``: the demo shows its own 404 page, as a site would), ALLOWED_HOSTS.
+``make demo`` starts a private Redis and sets REDIS_URL when it is unset.
 """
 
 from pathlib import Path
@@ -13,7 +14,7 @@ VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
 
 env = environ.Env(
-    DEBUG=(bool, True),
+    DEBUG=(bool, False),
     ALLOWED_HOSTS=(list, ["127.0.0.1", "localhost"]),
     SECRET_KEY=(str, "demo-only-insecure-key-change-me-0123456789abcdefghijklmnop"),
     REDIS_URL=(str, "redis://127.0.0.1:6379/0"),
@@ -110,6 +111,9 @@ REDIS_BROKER = {
         "PUBLIC_CHANNELS": ["chat.*", "online.*"],
         "BROWSER_PUBLISH_CHANNELS": ["chat.*", "presence.*"],
         "DURABLE_CHANNELS": ["user.*"],
+        # The bell replays user.<pk> from the start on every page load and shows the
+        # newest 50: a short history keeps that replay small.
+        "DURABLE_MAXLEN": 100,
     },
 }
 
@@ -118,5 +122,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"redis_broker": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "redis_broker": {"handlers": ["console"], "level": "INFO"},
+        # daphne's access log already prints every request with its status, so a 404 is
+        # one line; django.request keeps only errors (a 500 and its traceback).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }

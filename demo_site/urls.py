@@ -3,7 +3,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.staticfiles.views import serve
+from django.templatetags.static import static
 from django.urls import path, re_path
+from django.views.generic import RedirectView
 
 from demo_site.demo import views
 
@@ -19,6 +21,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     # The demo runs under plain daphne, which serves no static files; a real site lets
-    # its web server or WhiteNoise do this.
+    # its web server or WhiteNoise do this. ``insecure`` serves them with DEBUG off too.
     re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),
+    # Pages link the SVG icon; this answers clients that ask for the old default path.
+    path("favicon.ico", RedirectView.as_view(url=static("demo/favicon.svg"), permanent=True)),
 ]

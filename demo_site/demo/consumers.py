@@ -17,6 +17,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
+from django.urls import reverse
 
 from redis_broker import (
     Reject,
@@ -55,14 +56,17 @@ def notify(message: Any) -> None:
         return
     action = message.type.rsplit(".", 1)[-1]
     status = STATUS_LABELS.get(fields.get("status"), fields.get("status"))
+    pk = message.data.get("pk")
     broadcast(
         f"user.{owner_id}",
         {
             "kind": "ticket",
-            "ticket": message.data.get("pk"),
+            "ticket": pk,
             "title": fields.get("title", ""),
             "status": fields.get("status"),
             "text": f"Ticket “{fields.get('title', '')}” {action}: {status}",
+            # The bell links each notification here; the tickets page highlights the row.
+            "url": reverse("tickets") + (f"#ticket-{pk}" if action != "deleted" else ""),
         },
         type="demo.notification",
     )
@@ -121,6 +125,7 @@ def send_email(message: Any) -> None:
             "subject": job["subject"],
             "body": job["body"],
             "text": f"E-mail sent: {job['subject']}",
+            "url": reverse("emails"),
         },
         type="demo.notification",
     )

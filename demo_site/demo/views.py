@@ -5,15 +5,20 @@ import re
 import time
 from typing import Any
 
+import redis
 from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
 
 import redis_broker
-from redis_broker import NoResponders, RemoteError, RequestTimeout, push
+from redis_broker import NoResponders, RemoteError, RequestTimeout, get_redis, push
+from redis_broker.conf import get_config
+from redis_broker.naming import prefixed
 
 from .models import SentEmail, Ticket
 
@@ -35,11 +40,32 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "home.html", {"rooms": ROOMS})
 
 
+def not_found(request: HttpRequest, explanation: str) -> HttpResponse:
+    """Return the demo's 404 page with ``explanation`` (it says what would have worked)."""
+    return render(request, "404.html", {"explanation": explanation}, status=404)
+
+
+def tickets_url(pk: object = None) -> str:
+    """Return the URL of the tickets page, anchored at ticket ``pk`` when given."""
+    return reverse("tickets") + (f"#ticket-{pk}" if pk is not None else "")
+
+
 @login_required
 def chat(request: HttpRequest, room: str) -> HttpResponse:
-    """Show a chat room: messages travel over the relay on channel ``chat.<room>``."""
-    if not ROOM_RE.fullmatch(room):
-        raise Http404("No such room")
+    """Show a chat room: messages travel over the relay on channel ``chat.<room>``.
+
+    Room names are lowercase: ``/chat/Lobby/`` redirects to ``/chat/lobby/``. A name that
+    is still not 1-50 of ``a-z 0-9 _ -`` after lowercasing gets a 404 that says so.
+    """
+    name = room.strip().lower()
+    if not ROOM_RE.fullmatch(name):
+        return not_found(
+            request,
+            "Room names are 1 to 50 characters: lowercase letters a-z, digits, "
+            "“-” and “_” (capitals are lowercased).",
+        )
+    if name != room:
+        return redirect("chat", name)
     return render(
         request,
         "chat.html",
@@ -66,17 +92,22 @@ def tickets(request: HttpRequest) -> HttpResponse:
     )
 
 
+# The two ticket actions answer POST. A GET (a bookmark, the address bar, a login's
+# ``next``) goes back to the tickets page instead of Django's empty 405.
 @login_required
-@require_POST
+@require_http_methods(["GET", "HEAD", "POST"])
 def create_ticket(request: HttpRequest) -> HttpResponse:
     """Open a new ticket for the user."""
+    if request.method != "POST":
+        return redirect(tickets_url())
     title = request.POST.get("title", "").strip()[:200] or "Something is broken"
-    Ticket.objects.create(owner=request.user, title=title)
-    return redirect("tickets")
+    ticket = Ticket.objects.create(owner=request.user, title=title)
+    messages.success(request, f"Ticket #{ticket.pk} opened: “{ticket.title}”.")
+    return redirect(tickets_url(ticket.pk))
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "HEAD", "POST"])
 def update_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     """Change the status of one of the user's tickets and queue an e-mail about it.
 
@@ -84,6 +115,8 @@ def update_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     to the ``demo.emails`` list, and ``runconsumers`` sends it, so the request never
     waits for a mail server (and a failed send is retried, not lost).
     """
+    if request.method != "POST":
+        return redirect(tickets_url(pk))
     ticket = get_object_or_404(Ticket, pk=pk, owner=request.user)
     status = request.POST.get("status")
     if status in Ticket.Status.values:
@@ -95,15 +128,43 @@ def update_ticket(request: HttpRequest, pk: int) -> HttpResponse:
             "body": f"Your ticket “{ticket.title}” changed status: {ticket.get_status_display()}.",
         }
         transaction.on_commit(lambda: push("demo.emails", job, type="demo.email"))
-    return redirect("tickets")
+        messages.success(
+            request, f"Ticket #{ticket.pk} saved: {ticket.get_status_display()}. Watch the bell."
+        )
+    else:
+        messages.error(request, f"Ticket #{ticket.pk} was not changed: pick a status.")
+    return redirect(tickets_url(ticket.pk))
+
+
+def newest_entry_id(channel: str) -> str:
+    """Return the id of the newest entry of durable ``channel`` (``"0-0"`` when empty).
+
+    Without Redis it returns the current time as an id: close enough for a page that
+    only uses it to tell old messages from new ones.
+    """
+    key = prefixed(get_config().key_prefix, channel)
+    try:
+        newest: Any = get_redis().xrevrange(key, count=1)
+    except redis.RedisError:
+        return f"{int(time.time() * 1000)}-0"
+    if not newest:
+        return "0-0"
+    entry_id = newest[0][0]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 @login_required
 def emails(request: HttpRequest) -> HttpResponse:
-    """List the e-mails the demo sent to the user (``send_email`` in consumers.py)."""
+    """List the e-mails the demo sent to the user (``send_email`` in consumers.py).
+
+    The page's socket replays the user's notifications from the start (for the bell), so
+    the page is told the newest one before the list is read: only later e-mail
+    notifications are added live (one sent in between may show twice, never not at all).
+    """
     address = email_address(request.user)
+    seen = newest_entry_id(f"user.{request.user.pk}")
     sent = SentEmail.objects.filter(to=address)[:50]
-    return render(request, "emails.html", {"emails": sent, "address": address})
+    return render(request, "emails.html", {"emails": sent, "address": address, "live_after": seen})
 
 
 class QuoteForm(forms.Form):

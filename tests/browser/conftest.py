@@ -93,6 +93,31 @@ def pricing_consumer(
 
 
 @pytest.fixture
+def notify_consumer(
+    transactional_db: None, redis_broker_url: str, redis_client: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """Run the demo's ticket notifier: ``runconsumers notify``.
+
+    Returns once a consumer of the ``notifier`` group has read ``demo.tickets``: from
+    then on every ticket change reaches its owner's ``user.<pk>`` channel.
+    """
+
+    def reading() -> bool:
+        try:
+            return bool(redis_client.xinfo_consumers("demo.tickets", "notifier"))
+        except redis.ResponseError:  # no stream or no group yet
+            return False
+
+    with running_consumers(
+        ("notify",),
+        reading,
+        "runconsumers reading demo.tickets",
+        subprocess_env(REDIS_URL=redis_broker_url),
+    ) as process:
+        yield process
+
+
+@pytest.fixture
 def demo_users(transactional_db: None) -> dict[str, Any]:
     """Return the demo's users alice and bob (password = username)."""
     from django.contrib.auth import get_user_model
@@ -102,12 +127,13 @@ def demo_users(transactional_db: None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def logged_in_page(browser: Any, daphne_server: LiveServer) -> Iterator[Callable[[str], Any]]:
-    """Return ``logged_in_page(username)``: a page in a fresh browser context, logged in."""
+def logged_in_page(browser: Any, daphne_server: LiveServer) -> Iterator[Callable[..., Any]]:
+    """Return ``logged_in_page(username, width=1100, height=700)``: a page in a fresh
+    browser context of that viewport, logged in."""
     contexts = []
 
-    def _open(username: str) -> Any:
-        context = browser.new_context(viewport={"width": 1100, "height": 700})
+    def _open(username: str, width: int = 1100, height: int = 700) -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(10_000)

@@ -3,6 +3,7 @@ who is online in a chat room, and e-mails queued by a ticket change."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def test_ticket_change_sends_an_email_through_the_list_queue(
     row = tickets.locator(f"#ticket-{ticket.pk}")
     row.locator("select[name=status]").select_option("resolved")
     row.locator("button[type=submit]").click()
-    tickets.wait_for_url("**/tickets/")
+    tickets.wait_for_url(re.compile(rf"/tickets/#ticket-{ticket.pk}$"))
 
     subject = f"Ticket #{ticket.pk} is now Resolved"
     inbox.wait_for_selector(f"#emails tr.email:has-text('{subject}')")
