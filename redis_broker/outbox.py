@@ -245,6 +245,33 @@ def backlog() -> OutboxBacklog:
 
 #: Longest pause between attempts while Redis (or the database) keeps failing.
 MAX_BACKOFF_SECONDS = 5.0
+#: How often a failure that lasts is logged again (once at first, then this often).
+REMIND_AFTER_SECONDS = 300.0
+
+
+class RowsRefused(redis.ResponseError):
+    """Redis refused outbox rows: they stay, and hold back their stream, until fixed.
+
+    The message names the rows, the stream and Redis's error; ``cause`` is Redis's
+    error alone (what stays the same while the problem lasts). The usual cause is a key
+    of another type at the stream's name (``WRONGTYPE``): delete or rename that key, or
+    delete the rows from the admin's outbox page.
+    """
+
+    def __init__(self, rows: Sequence[OutboxEvent], cause: redis.ResponseError) -> None:
+        self.stream = rows[0].stream
+        self.row_ids = [row.id for row in rows]
+        self.cause = str(cause)
+        shown = ", ".join(str(i) for i in self.row_ids[:10])
+        more = f" and {len(self.row_ids) - 10} more" if len(self.row_ids) > 10 else ""
+        hint = ""
+        if self.cause.startswith("WRONGTYPE"):
+            hint = f" (the key {self.stream!r} exists and is not a stream)"
+        super().__init__(
+            f"Redis refused outbox rows {shown}{more} for stream {self.stream!r}: "
+            f"{self.cause}{hint}; they stay in the outbox, and the stream's later rows "
+            "wait behind them"
+        )
 
 
 class OutboxRelay:
@@ -307,7 +334,7 @@ class OutboxRelay:
         keep = {row.id for stream, rows in mine.items() for row in rows[: allowed[stream]]}
         return [row for row in batch if row.id in keep]
 
-    def _publish(self, db: str, batch: list[OutboxEvent]) -> tuple[list[int], Exception | None]:
+    def _publish(self, db: str, batch: list[OutboxEvent]) -> tuple[list[int], RowsRefused | None]:
         """Publish ``batch``; return the ids Redis accepted and the error that stopped the rest.
 
         Streams whose rows Redis refused before are sent one entry at a time, so a row
@@ -317,15 +344,14 @@ class OutboxRelay:
         suspect = {row.stream for row in batch if row.attempts}
         bulk = [row for row in batch if row.stream not in suspect]
         published: list[int] = []
-        error: Exception | None = None
+        error: RowsRefused | None = None
         if bulk:
             try:
                 publishing.publish_encoded([(row.stream, row.fields) for row in bulk])
             except redis.ResponseError as exc:
                 # Some entries may have been appended: which ones, the pipeline does not
                 # say. Mark them all; next time they go one by one (at least once).
-                self._mark_failed(db, bulk, exc)
-                error = exc
+                error = self._mark_failed(db, bulk, exc)
             else:
                 published.extend(row.id for row in bulk)
         blocked: set[str] = set()
@@ -336,22 +362,19 @@ class OutboxRelay:
                 publishing.publish_encoded([(row.stream, row.fields)])
             except redis.ResponseError as exc:
                 blocked.add(row.stream)
-                self._mark_failed(db, [row], exc)
-                error = error or exc
+                error = error or self._mark_failed(db, [row], exc)
             else:
                 published.append(row.id)
         return published, error
 
-    def _mark_failed(self, db: str, rows: list[OutboxEvent], exc: Exception) -> None:
-        logger.error(
-            "Redis refused outbox rows %s (stream %s): %s",
-            ", ".join(str(row.id) for row in rows[:10]) + (" ..." if len(rows) > 10 else ""),
-            rows[0].stream,
-            exc,
-        )
+    def _mark_failed(
+        self, db: str, rows: list[OutboxEvent], exc: redis.ResponseError
+    ) -> RowsRefused:
+        """Count the attempt on ``rows`` and return the error that says what to fix."""
         OutboxEvent.objects.using(db).filter(id__in=[row.id for row in rows]).update(
             attempts=F("attempts") + 1, last_error=str(exc)[:2000]
         )
+        return RowsRefused(rows, exc)
 
     def drain(self) -> int:
         """Relay batches until the outbox is empty (or holds only other relays' rows)."""
@@ -381,12 +404,13 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set: at once while rows wait, every POLL_MS when empty.
 
-        Failures never end the loop: an unreachable Redis is logged once as a warning
-        (then at DEBUG while it lasts) and anything else with its traceback, each
-        followed by an exponential back-off capped at ``MAX_BACKOFF_SECONDS``.
+        Failures never end the loop, and never flood the log: each distinct failure is
+        logged once with its cause (an unexpected one with its traceback), then at DEBUG
+        while it lasts, with a reminder every ``REMIND_AFTER_SECONDS``; attempts follow
+        an exponential back-off capped at ``MAX_BACKOFF_SECONDS``.
         """
         poll = get_config().outbox.poll_ms / 1000
-        backoff = Backoff(base=poll * 2, cap=MAX_BACKOFF_SECONDS)
+        backoff = Backoff(base=poll * 2, cap=MAX_BACKOFF_SECONDS, remind_after=REMIND_AFTER_SECONDS)
         try:
             while not stop.is_set():
                 delay = poll
@@ -397,11 +421,20 @@ class OutboxRelay:
                 except BrokerUnavailable as exc:
                     delay = backoff.next_delay()
                     logger.log(
-                        backoff.level(), "Outbox relay paused: %s; retrying in %.1f s", exc, delay
+                        backoff.level(str(exc)),
+                        *("Outbox relay paused: %s; retrying in %.1f s", exc, delay),
                     )
-                except Exception:
+                except RowsRefused as exc:
                     delay = backoff.next_delay()
-                    logger.exception("Outbox relay failed; retrying in %.1f s", delay)
+                    logger.log(backoff.level(exc.cause, logging.ERROR), "%s", exc)
+                except Exception as exc:
+                    delay = backoff.next_delay()
+                    level = backoff.level(f"{type(exc).__name__}: {exc}", logging.ERROR)
+                    logger.log(
+                        *(level, "Outbox relay failed (%s: %s); retrying in %.1f s"),
+                        *(type(exc).__name__, exc, delay),
+                        exc_info=exc if level >= logging.ERROR else None,
+                    )
                 else:
                     if failures := backoff.reset():
                         logger.info("Outbox relay resumed after %d failed attempts", failures)

@@ -149,7 +149,11 @@ class RedisServer:
             "--unixsocketperm", "700",
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        # A session of its own: a terminal's Ctrl-C, meant for the program that owns this
+        # server, must not stop Redis under that program's clean shutdown.
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1)
         try:

@@ -354,13 +354,14 @@ class ConsumerRunner:
     # -- status ------------------------------------------------------------------------
 
     async def _report(self, interval: float, stop: asyncio.Event) -> None:
-        """Echo a status line every ``interval`` seconds until ``stop``; survive failures.
+        """Every ``interval`` seconds until ``stop``, echo the status line if it changed.
 
-        It ends on the event rather than on cancellation: on Python 3.11 a cancellation
-        that lands while a Redis read times out can surface as a TimeoutError, which
-        the status line treats as "Redis unreachable".
+        An idle worker says nothing: a line whose figures (the rate aside) equal the
+        last one echoed is skipped. It ends on the event rather than on cancellation: on
+        Python 3.11 a cancellation that lands while a Redis read times out can surface
+        as a TimeoutError, which the status line treats as "Redis unreachable".
         """
-        last_time, last_processed = time.monotonic(), 0
+        last_time, last_processed, last_said = time.monotonic(), 0, ""
         while True:
             await wait_or_stop(stop, interval)
             if stop.is_set():
@@ -370,11 +371,15 @@ class ConsumerRunner:
             rate = (processed - last_processed) / max(now - last_time, 1e-9)
             last_time, last_processed = now, processed
             try:
-                self.echo(await self.status_line(rate))
+                figures = await self.status_line()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("Could not report the status")
+                continue
+            if figures != last_said:
+                self.echo(f"{figures} rate={rate:.1f}/s")
+                last_said = figures
 
     async def _keep_alive(self, interval: float, stop: asyncio.Event) -> None:
         """Refresh the heartbeat every ``interval`` seconds until ``stop``; survive outages."""
@@ -421,7 +426,7 @@ class ConsumerRunner:
         return time.monotonic() - min(starts) if starts else None
 
     async def status_line(self, rate: float | None = None) -> str:
-        """Return ``processed=… failed=… dead-lettered=… in-flight=… pending=… rate=…/s``.
+        """Return ``processed=… failed=… dead-lettered=… in-flight=… pending=… outbox=… rate=…/s``.
 
         While handler calls run, ``oldest-call=…s`` gives the age of the longest one.
         """
@@ -444,10 +449,10 @@ class ConsumerRunner:
             parts.append(f"pending={pending}")
         except REDIS_ERRORS:
             parts.append("pending=?")
-        if rate is not None:
-            parts.append(f"rate={rate:.1f}/s")
         if self.relay_outbox:
             parts.append(f"outbox={await _outbox_backlog()}")
+        if rate is not None:
+            parts.append(f"rate={rate:.1f}/s")  # last: _report compares what comes before
         return " ".join(parts)
 
 

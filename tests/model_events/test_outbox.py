@@ -244,9 +244,7 @@ async def test_relay_run_outlives_a_redis_outage(
     assert "Outbox relay resumed" in caplog.text
 
 
-def test_row_redis_refuses_blocks_only_its_stream(
-    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_row_redis_refuses_blocks_only_its_stream(redis_client: redis.Redis) -> None:
     """Tests that a refused entry stays (with its error) and holds back only its own stream.
 
     Entries the failed pipeline did append may go out twice (at least once), with the
@@ -254,12 +252,8 @@ def test_row_redis_refuses_blocks_only_its_stream(
     redis_client.set("bad", "a string, not a stream")
     store(rows(2, "bad") + rows(2, "good"))
     relay = OutboxRelay()
-    with (
-        caplog.at_level(logging.ERROR, logger="redis_broker.outbox"),
-        pytest.raises(redis.ResponseError),
-    ):
+    with pytest.raises(redis.ResponseError, match="Redis refused outbox rows .* 'bad'.*WRONGTYPE"):
         relay.relay_batch()
-    assert "Redis refused outbox rows" in caplog.text
     with pytest.raises(redis.ResponseError):
         relay.relay_batch()  # the suspect stream goes one by one; "good" is sent
     left = list(OutboxEvent.objects.values_list("stream", "attempts"))
@@ -271,6 +265,41 @@ def test_row_redis_refuses_blocks_only_its_stream(
     good = read_stream(redis_client, "good")
     assert [e.data["n"] for e in good][:2] == [0, 1]
     assert [e.data["n"] for e in {e.event_id: e for e in good}.values()] == [0, 1]
+
+
+async def test_a_stuck_row_is_logged_once_with_its_cause_not_at_every_attempt(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row Redis keeps refusing is one ERROR line naming the key and its cause.
+
+    The attempts go on (with back-off) at DEBUG; there is no traceback: the cause is
+    known, and a traceback every few seconds drowned every other line.
+    """
+    redis_client.set("bad", "a string, not a stream")
+    await database_sync_to_async(store)(rows(1, "bad"))
+    stop = asyncio.Event()
+
+    def attempts() -> int:
+        return int(OutboxEvent.objects.values_list("attempts", flat=True).get())
+
+    with (
+        broker_settings(OUTBOX={"POLL_MS": 10}),
+        caplog.at_level(logging.DEBUG, logger="redis_broker.outbox"),
+    ):
+        task = asyncio.create_task(OutboxRelay().run(stop))
+        await asyncio.to_thread(
+            wait_for, lambda: attempts() >= 4, message="four attempts", timeout=20
+        )
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+    assert loud[0].exc_info is None
+    assert "'bad' exists and is not a stream" in loud[0].getMessage()
+    quiet = [
+        r for r in caplog.records if r.levelno == logging.DEBUG and "refused" in r.getMessage()
+    ]
+    assert len(quiet) >= 3
 
 
 def test_two_relays_publish_every_row_exactly_once(redis_client: redis.Redis) -> None:
