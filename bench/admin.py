@@ -6,6 +6,12 @@ each inspector page through Django's test client (in-memory SQLite, a logged-in
 superuser). Prints the median and worst of several renders per page, and the stream
 entries each page asked Redis for (from INFO commandstats), against a 300 ms target.
 
+Then the search (``redis_broker.inspector.search``): an event id found at several depths
+of the stream (the newest entry, the 100,000th newest, the middle, the oldest), a
+payload substring at the oldest entry, and the chunk size of the Lua scan, each with
+where the entry was and how many entries were scanned; the 300 ms target is met only
+while the entry is within the first few hundred thousand scanned (printed, not fatal).
+
     python bench/admin.py [--entries 1000000] [--repeat 7]
 """
 
@@ -80,16 +86,28 @@ def configure(url: str) -> None:
     urlpatterns.append(path("admin/", admin.site.urls))
 
 
+#: Event ids of the entries the search looks for, by position (0 = the oldest).
+EVENT_IDS: dict[int, str] = {}
+
+
 def fill(client: redis.Redis, entries: int) -> list[bytes]:
-    """Append ``entries`` wire-format entries with pipelined XADDs; return a few ids."""
+    """Append ``entries`` wire-format entries with pipelined XADDs; return a few ids.
+
+    Each entry has its own event id; those at the positions the search benchmark looks
+    for are kept in ``EVENT_IDS``.
+    """
     from redis_broker import wire
 
     template = wire.encode_entry({"order_id": 0, "total": "99.90"}, type="order.created")
+    wanted = {0, entries // 2, max(0, entries - 100_000), entries - 1}
     ids: list[bytes] = []
     started = time.perf_counter()
     for offset in range(0, entries, BATCH):
         pipe = client.pipeline(transaction=False)
         for n in range(offset, min(offset + BATCH, entries)):
+            event_id = wire.new_event_id()
+            if n in wanted:
+                EVENT_IDS[n] = event_id
             pipe.execute_command(
                 "XADD",
                 STREAM,
@@ -99,7 +117,7 @@ def fill(client: redis.Redis, entries: int) -> list[bytes]:
                 wire.DATA,
                 f'{{"order_id":{n},"total":"99.90","note":"<b>{n}</b>"}}',
                 wire.EVENT_ID,
-                template[wire.EVENT_ID],
+                event_id,
                 wire.PUBLISHED_AT,
                 template[wire.PUBLISHED_AT],
             )
@@ -107,6 +125,62 @@ def fill(client: redis.Redis, entries: int) -> list[bytes]:
         ids.append(replies[0])
     print(f"filled {entries:,} entries in {time.perf_counter() - started:.1f} s")
     return ids
+
+
+def bench_search(raw: redis.Redis, entries: int, repeat: int) -> None:
+    """Time the stream search at several depths and chunk sizes; print where each entry was."""
+    from redis_broker.connection import get_redis
+    from redis_broker.inspector import search
+
+    client = get_redis()
+
+    def timed(by: search.SearchBy, needle: str, window: int) -> tuple[float, float, int, int]:
+        timings = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = search.search_entries(
+                client, prefix="", name=STREAM, by=by, needle=needle, window=window
+            )
+            timings.append((time.perf_counter() - started) * 1000)
+        return statistics.median(timings), max(timings), result.scanned, len(result.entries)
+
+    print(f"\nsearch of {STREAM} ({entries:,} entries), chunk {search.SEARCH_CHUNK:,}")
+    head = f"{'what (position from the newest)':48} {'median ms':>10} {'max ms':>8}"
+    print(f"{head} {'scanned':>10}  found  <300ms")
+    cases: list[tuple[str, search.SearchBy, str]] = [
+        ("entry id (any position: XRANGE id id)", "id", raw.xrange(STREAM, count=1)[0][0].decode()),
+    ]
+    for position, event_id in sorted(EVENT_IDS.items(), reverse=True):
+        depth = entries - position
+        cases.append((f"event id, entry {depth:,} from the newest", "event_id", event_id))
+    cases.append((f"payload contains, entry {entries:,} (oldest)", "payload", '"order_id":0,'))
+    for label, by, needle in cases:
+        median, worst, scanned, found = timed(by, needle, search.MAX_SEARCH_WINDOW)
+        ok = "yes" if median < TARGET_MS else "no"
+        print(f"{label:48} {median:10.1f} {worst:8.1f} {scanned:10,} {found:6}  {ok}")
+    oldest = EVENT_IDS[0]
+    print("\nchunk size of the Lua scan (event id of the oldest entry; worst single EVAL)")
+    for chunk in (1000, 2000, 5000, 10_000, 50_000):
+        search.SEARCH_CHUNK = chunk
+        calls = []
+        original = search._SCAN.run
+
+        def spy(*args: Any, _run: Any = original, _calls: list[float] = calls) -> Any:
+            started = time.perf_counter()
+            try:
+                return _run(*args)
+            finally:
+                _calls.append((time.perf_counter() - started) * 1000)
+
+        search._SCAN.run = spy  # type: ignore[method-assign]
+        median, _, scanned, _ = timed("event_id", oldest, search.MAX_SEARCH_WINDOW)
+        search._SCAN.run = original  # type: ignore[method-assign]
+        per_entry = median * 1000 / max(1, scanned)
+        print(
+            f"  chunk {chunk:>6,}: {median:8.1f} ms for {scanned:,} entries "
+            f"({per_entry:.2f} µs each), longest EVAL {max(calls):.1f} ms"
+        )
+    search.SEARCH_CHUNK = 2000
 
 
 def prepare(client: redis.Redis, ids: list[bytes]) -> None:
@@ -181,6 +255,14 @@ def main() -> None:
             ("dead letters", url("dead_letters", stream=STREAM), {}),
             ("pub/sub channels", url("pubsub"), {}),
             ("outbox backlog", url("outbox"), {}),
+            ("live overview (JSON poll)", url("overview_live"), {}),
+            ("workers", url("workers"), {}),
+            ("search: entry id", url("search", stream=STREAM), {"q": middle}),
+            (
+                "search: event id, 100,000th newest",
+                url("search", stream=STREAM),
+                {"q": EVENT_IDS[max(0, args.entries - 100_000)]},
+            ),
             ("confirm: ack 5", url("ack", stream=STREAM, group=GROUP), {"ids": pending}),
             ("confirm: trim", url("trim", stream=STREAM), {}),
         ]
@@ -202,9 +284,10 @@ def main() -> None:
             worst = max(worst, median)
             ok = "yes" if median < TARGET_MS else "NO"
             print(f"{label:32} {median:10.1f} {max(timings):8.1f} {calls:12.0f}  {ok}")
+        print(f"\nslowest page median {worst:.1f} ms (target < {TARGET_MS:.0f} ms)")
+        bench_search(raw, args.entries, max(3, args.repeat // 2))
         subscriber.close()
         raw.close()
-        print(f"\nslowest page median {worst:.1f} ms (target < {TARGET_MS:.0f} ms)")
         sys.exit(0 if worst < TARGET_MS else 1)
 
 

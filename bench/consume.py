@@ -15,8 +15,12 @@ Then publish-to-handler latency (p50/p99) at 2,000 entries/s for ours, raw and F
 (the producer is a separate process), and the worker's peak RSS after 20k and after all
 entries (a fresh process, so earlier runs do not count).
 
+The cost of metrics: ours again with ``REDIS_BROKER["METRICS"] = False`` (no counter,
+no histogram), interleaved with metrics on, and the ratio (target: on >= 90 % of off).
+
     python bench/consume.py            # 100,000 entries
     python bench/consume.py --quick    # 20,000 entries, shorter latency runs
+    python bench/consume.py --metrics-cost   # only the metrics on/off comparison
 """
 
 from __future__ import annotations
@@ -86,13 +90,16 @@ def group(url: str, name: str, stream: str = STREAM, start: str = "0") -> None:
 # --- contenders (throughput) -------------------------------------------------------------
 
 
-def run_ours(handler: Callable[[Any], Any], name: str) -> None:
-    """Consume the whole stream with our runner in burst mode."""
+def run_ours(handler: Callable[[Any], Any], name: str, *, metrics: bool = True) -> None:
+    """Consume the whole stream with our runner in burst mode (metrics on or off)."""
+    from django.test import override_settings
+
     from redis_broker.consumers.registry import StreamConsumerSpec
     from redis_broker.consumers.runner import ConsumerRunner
 
     spec = StreamConsumerSpec(func=handler, stream=STREAM, group=name, name=name)
-    ConsumerRunner(specs=[spec], burst=True, relay_outbox=False, echo=lambda line: None).run()
+    with override_settings(REDIS_BROKER={**settings.REDIS_BROKER, "METRICS": metrics}):
+        ConsumerRunner(specs=[spec], burst=True, relay_outbox=False, echo=lambda line: None).run()
 
 
 async def run_raw(
@@ -330,6 +337,39 @@ def peak_rss(url: str, count: int) -> dict[int, int]:
 # --- main --------------------------------------------------------------------------------
 
 
+def metrics_cost(
+    measure: Callable[[str, int, Callable[[str], Any]], tuple[float, float]],
+    entries: int,
+    trivial_async: Callable[[Any], Any],
+    trivial_sync: Callable[[Any], Any],
+) -> None:
+    """Print ours with metrics on and off (interleaved, best of each) and the ratios."""
+    print(f"Metrics cost, best of interleaved runs ({entries:,} entries; target on/off >= 0.90):")
+    for kind, handler in [("async", trivial_async), ("sync", trivial_sync)]:
+        best: dict[bool, tuple[float, float]] = {True: (0.0, 0.0), False: (0.0, 0.0)}
+        for round_ in range(2):  # on, off, on, off: drift on a busy machine hits both
+            for on in (True, False):
+                name = f"m{kind}-{'on' if on else 'off'}-{round_}"
+                rate, cpu = measure(
+                    name,
+                    entries,
+                    lambda g, on=on, handler=handler: run_ours(handler, g, metrics=on),
+                )
+                best[on] = (max(best[on][0], rate), max(best[on][1], cpu))
+        for on in (True, False):
+            print(
+                f"  {kind:<5} metrics {'on ' if on else 'off'}  {best[on][0]:>10,.0f} entries/s"
+                f"   {best[on][1]:>10,.0f} per CPU second"
+            )
+        ratio, cpu_ratio = best[True][0] / best[False][0], best[True][1] / best[False][1]
+        per_entry_us = (1 / best[True][1] - 1 / best[False][1]) * 1e6
+        print(
+            f"  {kind:<5} on/off {ratio:5.2f}x, CPU {cpu_ratio:5.2f}x "
+            f"({per_entry_us:+.2f} us CPU per entry) "
+            f"{'ok' if min(ratio, cpu_ratio) >= 0.9 else 'MISSED'}"
+        )
+
+
 def main() -> None:
     """Parse arguments, run every measurement, print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -340,6 +380,9 @@ def main() -> None:
     parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--burst-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--raw-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--metrics-cost", action="store_true", help="only compare metrics on and off"
+    )
     args = parser.parse_args()
     if args.burst_child:
         burst_child(*args.burst_child)
@@ -397,6 +440,9 @@ def main() -> None:
                 best, best_cpu = max(best, count / wall), max(best_cpu, count / cpu)
             return best, best_cpu
 
+        if args.metrics_cost:
+            metrics_cost(measure, entries, trivial_async, trivial_sync)
+            return
         fs_count = min(entries, FASTSTREAM_PER_MESSAGE_CAP)
         contenders: list[tuple[str, int, Callable[[str], Any]]] = [
             ("ours-async", entries, lambda g: run_ours(trivial_async, g)),
@@ -464,6 +510,8 @@ def main() -> None:
         ]:
             p50, p99 = measure(url, 2000, latency_count)
             print(f"  {name:<12} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+
+        metrics_cost(measure, entries, trivial_async, trivial_sync)
 
         marks = peak_rss(url, entries)
         first, last = marks[min(marks)], marks[max(marks)]

@@ -5,6 +5,10 @@ and the ratios ours/raw. "Raw" is what a team would hand-write to produce the sa
 entries: json.dumps of the payload, a uuid4 and a timestamp, then XADD with the same
 approximate MAXLEN. A second raw figure (one pre-encoded field) shows the floor.
 
+Then the cost of metrics per publish(): publish() with ``REDIS_BROKER["METRICS"]`` on
+and off (interleaved; a Redis round trip is noisy next to a counter), and the counter
+increment itself, timed alone (target: <= 0.1 ms per publish()).
+
     python bench/publish.py [--seconds 3] [--batch 100]
 """
 
@@ -134,6 +138,37 @@ def measure(url: str, seconds: float, batch_size: int) -> None:
     floor_ratio = best[f"publish_many() x{batch_size}"] / floor
     print(f"ratio publish_many()/pre-encoded floor:  {floor_ratio:.2f}  (4 fields vs 1)")
     raw.close()
+    metrics_cost(seconds)
+
+
+def metrics_cost(seconds: float) -> None:
+    """Print what counting costs per publish(): on/off, and the counter alone."""
+    from django.test import override_settings
+
+    from redis_broker import publish
+    from redis_broker.metrics.process import count_published
+
+    def ours_one() -> int:
+        publish("bench.metrics", PAYLOAD, type="order.created")
+        return 1
+
+    best = {True: 0.0, False: 0.0}
+    for _ in range(3):
+        for on in (True, False):
+            with override_settings(REDIS_BROKER={**settings.REDIS_BROKER, "METRICS": on}):
+                best[on] = max(best[on], rate(ours_one, seconds / 3))
+    added_us = (1 / best[True] - 1 / best[False]) * 1e6
+    calls = 1_000_000
+    started = time.perf_counter()
+    for _ in range(calls):
+        count_published("stream")
+    counter_us = (time.perf_counter() - started) / calls * 1e6
+    print("Metrics cost per publish() (target <= 100 us):")
+    print(f"  publish(), metrics on   {best[True]:>10,.0f} entries/s")
+    print(f"  publish(), metrics off  {best[False]:>10,.0f} entries/s")
+    print(f"  on/off {best[True] / best[False]:.3f}x: {added_us:+.2f} us per publish() (noisy)")
+    verdict = "ok" if counter_us <= 100 else "MISSED"
+    print(f"  the counter alone: {counter_us:.3f} us per publish() {verdict}")
 
 
 if __name__ == "__main__":

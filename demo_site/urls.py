@@ -8,6 +8,7 @@ from django.urls import path, re_path
 from django.views.generic import RedirectView
 
 from demo_site.demo import views
+from redis_broker.metrics import metrics_view
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -20,6 +21,8 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # Scrape-time figures read from Redis: staff, or Authorization: Bearer <METRICS_TOKEN>.
+    path("broker/metrics", metrics_view, name="redis_broker_metrics"),
     # The demo runs under plain daphne, which serves no static files; a real site lets
     # its web server or WhiteNoise do this. ``insecure`` serves them with DEBUG off too.
     re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),

@@ -17,7 +17,14 @@ from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from . import conf
-from .conf import W_EVICTION, W_NO_PASSWORD, W_NO_TLS, W_UNREACHABLE
+from .conf import (
+    MIN_METRICS_TOKEN_LENGTH,
+    W_EVICTION,
+    W_NO_PASSWORD,
+    W_NO_TLS,
+    W_UNREACHABLE,
+    W_WEAK_METRICS_TOKEN,
+)
 from .connection import CONNECTION_ERRORS, build_client, mask_url
 from .wire import reply_text
 
@@ -60,7 +67,7 @@ def check_deployment(
     config, errors = conf.validate(conf.raw_setting())
     if errors:
         return []  # the static check reports them
-    return [*url_warnings(config), *_check_server(config)]
+    return [*url_warnings(config), *metrics_token_warnings(config), *_check_server(config)]
 
 
 def url_warnings(config: conf.BrokerConfig) -> list[CheckMessage]:
@@ -90,6 +97,26 @@ def url_warnings(config: conf.BrokerConfig) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def metrics_token_warnings(config: conf.BrokerConfig) -> list[CheckMessage]:
+    """Warn when ``METRICS_TOKEN`` is short enough to guess.
+
+    A deploy check, as Django's own ``SECRET_KEY`` strength check is: a short token on a
+    developer's machine is harmless. Pure, like ``url_warnings``.
+    """
+    token = config.metrics_token
+    if token is None or len(token) >= MIN_METRICS_TOKEN_LENGTH:
+        return []
+    return [
+        Warning(
+            f"REDIS_BROKER['METRICS_TOKEN'] has {len(token)} characters; anyone who guesses "
+            "it reads the broker's metrics (stream, group and consumer names).",
+            hint=f"Use at least {MIN_METRICS_TOKEN_LENGTH} random characters: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+            id=W_WEAK_METRICS_TOKEN,
+        )
+    ]
 
 
 def _check_server(config: conf.BrokerConfig) -> list[CheckMessage]:

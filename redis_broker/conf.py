@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     # --- Names and limits ---------------------------------------------------------
     "KEY_PREFIX": "",  # prepended to every stream and channel name
     "STREAM_MAXLEN": 100_000,  # entries, approximate (XADD MAXLEN ~); None keeps all
+    "METRICS": True,  # count publishes, requests and consumer outcomes (prometheus_client)
+    "METRICS_TOKEN": None,  # bearer token metrics_view accepts (str); None: staff sessions only
     # --- Stream consumers (defaults for every @stream_consumer) -----------------------
     "CONSUMERS": {
         "BATCH_SIZE": 100,  # entries per XREADGROUP
@@ -52,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "SHUTDOWN_GRACE": 30.0,  # seconds in-flight work may take after SIGTERM
         "SLOW_CALL_WARNING": 60.0,  # seconds a handler call runs before it is logged (once)
         "HEARTBEAT_INTERVAL": 5.0,  # seconds between a worker's heartbeats; 3 missed: dead
+        "LIVENESS_TIMEOUT": 300.0,  # seconds without progress (work waiting) before /livez fails
     },
     # --- Model events ------------------------------------------------------------
     "MODEL_EVENTS": {},  # "app_label.ModelName" -> {stream, fields, actions, delivery}
@@ -96,6 +99,10 @@ W_NO_PASSWORD = "redis_broker.W001"
 W_NO_TLS = "redis_broker.W002"
 W_EVICTION = "redis_broker.W003"
 W_UNREACHABLE = "redis_broker.W004"
+W_WEAK_METRICS_TOKEN = "redis_broker.W005"
+
+#: Shortest METRICS_TOKEN that passes ``check --deploy`` without a warning.
+MIN_METRICS_TOKEN_LENGTH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,7 @@ class ConsumerSettings:
     shutdown_grace: float
     slow_call_warning: float
     heartbeat_interval: float
+    liveness_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +182,8 @@ class BrokerConfig:
     outbox: OutboxSettings
     websocket: WebsocketSettings
     model_events: Mapping[str, ModelEventSettings] = field(default_factory=dict)
+    metrics: bool = True
+    metrics_token: str | None = None  # None: metrics_view accepts no bearer token
 
 
 @functools.cache
@@ -342,6 +352,7 @@ def _validate_consumers(v: _Validator, raw: Any, socket_timeout: float) -> Consu
         shutdown_grace=num("SHUTDOWN_GRACE", 0, integer=False),
         slow_call_warning=num("SLOW_CALL_WARNING", 0.1, integer=False),
         heartbeat_interval=num("HEARTBEAT_INTERVAL", 0.1, integer=False),
+        liveness_timeout=num("LIVENESS_TIMEOUT", 0.1, integer=False),
     )
     if not settings_.dead_letter_suffix:
         v.error(
@@ -356,6 +367,15 @@ def _validate_consumers(v: _Validator, raw: Any, socket_timeout: float) -> Consu
             f"({socket_timeout} s), or every idle read would time out.",
             E_TIMEOUT_TOO_SHORT,
             hint="Raise SOCKET_TIMEOUT or lower BLOCK_MS.",
+        )
+    if settings_.liveness_timeout * 1000 <= settings_.block_ms:
+        v.error(
+            "['CONSUMERS']['LIVENESS_TIMEOUT']",
+            f"({settings_.liveness_timeout} s) must be longer than BLOCK_MS "
+            f"({settings_.block_ms} ms): a consumer whose calls run while it waits in a "
+            "read would count as stuck.",
+            E_TIMEOUT_TOO_SHORT,
+            hint="Raise LIVENESS_TIMEOUT (the default is 300 s) or lower BLOCK_MS.",
         )
     return settings_
 
@@ -537,6 +557,8 @@ def validate(raw: Any) -> tuple[BrokerConfig, list[ConfigurationError]]:
         outbox=_validate_outbox(v, top["OUTBOX"]),
         websocket=_validate_websocket(v, top["WEBSOCKET"]),
         model_events=_validate_model_events(v, top["MODEL_EVENTS"]),
+        metrics=v.typed("['METRICS']", top["METRICS"], (bool,), DEFAULTS["METRICS"]),
+        metrics_token=_validate_metrics_token(v, top["METRICS_TOKEN"]),
     )
     if "decode_responses" in config.options:
         v.error(
@@ -546,6 +568,24 @@ def validate(raw: Any) -> tuple[BrokerConfig, list[ConfigurationError]]:
             hint="Remove it; entries are decoded by redis_broker.wire.",
         )
     return config, v.errors
+
+
+def _validate_metrics_token(v: _Validator, raw: Any) -> str | None:
+    if raw is None:
+        return None
+    token = v.typed("['METRICS_TOKEN']", raw, (str,), None)
+    if token is not None and (not token or any(c.isspace() for c in token)):
+        # An empty token would let "Authorization: Bearer " through; one with spaces
+        # could never be sent in the header as written.
+        v.error(
+            "['METRICS_TOKEN']",
+            "must not be empty or contain whitespace.",
+            E_BAD_VALUE,
+            hint="Use None to turn bearer tokens off, or a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))').",
+        )
+        return None
+    return token
 
 
 def _validate_outbox(v: _Validator, raw: Any) -> OutboxSettings:

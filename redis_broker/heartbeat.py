@@ -67,9 +67,15 @@ class WorkerInfo:
     pid: int
     started_at: float  # epoch seconds
     beat_at: float  # epoch seconds of the last heartbeat
-    consumers: list[dict[str, Any]]  # {"kind", "name", "stream", "group"} per consumer
+    consumers: list[dict[str, Any]]  # {"kind", "name", "stream", "group", "in_flight",
+    # "oldest_call_s", "progress_age_s", "live", "ready", "problem"} per consumer
     in_flight: int
     oldest_call_s: float | None
+    #: The worker's own verdicts at its last beat (``health.py``); None from a worker
+    #: that predates them.
+    live: bool | None = None
+    ready: bool | None = None
+    problems: tuple[str, ...] = ()
 
 
 def decode_info(raw: Any) -> WorkerInfo | None:
@@ -85,6 +91,9 @@ def decode_info(raw: Any) -> WorkerInfo | None:
             consumers=list(value.get("consumers", [])),
             in_flight=int(value.get("in_flight", 0)),
             oldest_call_s=value.get("oldest_call_s"),
+            live=value.get("live"),
+            ready=value.get("ready"),
+            problems=tuple(str(p) for p in value.get("problems", ())),
         )
     except (MalformedEntry, TypeError, KeyError, ValueError):
         return None

@@ -41,7 +41,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from . import outbox, wire
+from . import outbox, tracing, wire
 from .commit_buffer import CommitBuffer
 from .conf import MODEL_EVENT_ACTIONS, SETTING_NAME, ModelEventSettings, get_config, validate
 from .conf import raw_setting as _raw_setting
@@ -237,10 +237,12 @@ class _Deferred:
     """An event's values, taken when the change happened, not yet encoded.
 
     Its ``published_at`` is the time of the change; its ``event_id`` is drawn when it is
-    encoded, once, before it is first sent or stored, so it never changes either.
+    encoded, once, before it is first sent or stored, so it never changes either. Its
+    ``trace`` is the context of the span current at the change (a view's), so the row and
+    whatever publishes it later continue that trace.
     """
 
-    __slots__ = ("recorder", "action", "pk", "values", "published_at")
+    __slots__ = ("recorder", "action", "pk", "values", "published_at", "trace")
 
     def __init__(
         self, recorder: _Recorder, action: str, pk: Any, values: dict[str, Any], published_at: str
@@ -250,6 +252,7 @@ class _Deferred:
         self.pk = pk
         self.values = values
         self.published_at = published_at
+        self.trace = tracing.current_carrier()
 
     def encode(self) -> Event:
         fields = {
@@ -258,6 +261,8 @@ class _Deferred:
             wire.EVENT_ID: wire.new_event_id(),
             wire.PUBLISHED_AT: self.published_at,
         }
+        if self.trace is not None:
+            fields[wire.HEADERS] = wire.dumps(self.trace, what="headers")
         return self.recorder.spec.stream, fields
 
 

@@ -32,7 +32,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Count, F, Window
 from django.utils import timezone
 
-from . import publishing, wire
+from . import publishing, tracing, wire
 from .backoff import Backoff
 from .conf import get_config
 from .exceptions import BrokerUnavailable
@@ -189,7 +189,8 @@ def deliver(events: Sequence[Event]) -> None:
             queued = [event for event in events if event[0] in waiting]
         if direct:
             try:
-                publishing.publish_encoded(direct)
+                with tracing.sending(direct):
+                    publishing.publish_encoded(direct)
             except (BrokerUnavailable, redis.RedisError) as exc:
                 logger.warning(
                     "Redis did not take %d model event(s) at commit; they wait in the "
@@ -346,8 +347,10 @@ class OutboxRelay:
         published: list[int] = []
         error: RowsRefused | None = None
         if bulk:
+            entries = [(row.stream, row.fields) for row in bulk]
             try:
-                publishing.publish_encoded([(row.stream, row.fields) for row in bulk])
+                with tracing.sending(entries):
+                    publishing.publish_encoded(entries)
             except redis.ResponseError as exc:
                 # Some entries may have been appended: which ones, the pipeline does not
                 # say. Mark them all; next time they go one by one (at least once).
@@ -359,7 +362,8 @@ class OutboxRelay:
             if row.stream not in suspect or row.stream in blocked:
                 continue
             try:
-                publishing.publish_encoded([(row.stream, row.fields)])
+                with tracing.sending([(row.stream, row.fields)]):
+                    publishing.publish_encoded([(row.stream, row.fields)])
             except redis.ResponseError as exc:
                 blocked.add(row.stream)
                 error = error or self._mark_failed(db, [row], exc)

@@ -22,7 +22,9 @@ from .connection import (
     get_redis,
     translate_errors,
 )
+from .metrics.process import count_published
 from .naming import matches_any, prefixed
+from .tracing import producing
 
 # XADD and PUBLISH in one atomic step, so the message a browser receives carries the id
 # of the entry it can later replay from, and no reader sees one without the other.
@@ -75,10 +77,14 @@ def publish(
     ``STREAM_MAXLEN`` entries in the same command.
     """
     config = get_config()
-    fields = wire.encode_entry(data, type=type, headers=headers)
-    key = prefixed(config.key_prefix, stream)
-    with translate_errors(lambda: _stream(key)):
-        entry_id = get_redis().xadd(key, cast(Any, fields), **trim_args(config.stream_maxlen))
+    with producing("publish", stream) as span:
+        fields = wire.encode_entry(data, type=type, headers=span.headers(headers))
+        span.message_id(fields[wire.EVENT_ID])
+        key = prefixed(config.key_prefix, stream)
+        with translate_errors(lambda: _stream(key)):
+            entry_id = get_redis().xadd(key, cast(Any, fields), **trim_args(config.stream_maxlen))
+    if config.metrics:
+        count_published("stream")
     return _ids([entry_id])[0]
 
 
@@ -89,13 +95,18 @@ def publish_many(
     type: str = "",
     headers: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Append several events to ``stream`` in one round trip; return their entry ids in order."""
+    """Append several events to ``stream`` in one round trip; return their entry ids in order.
+
+    Traced as one span (``messaging.batch.message_count``), whose context every event carries.
+    """
     config = get_config()
-    encoded = _encode_many(items, type, headers)
-    if not encoded:
-        return []
-    key = prefixed(config.key_prefix, stream)
-    return publish_encoded([(key, fields) for fields in encoded], prefixed_keys=True)
+    with producing("publish", stream) as span:
+        encoded = _encode_many(items, type, span.headers(headers))
+        if not encoded:
+            return []
+        span.batch(len(encoded))
+        key = prefixed(config.key_prefix, stream)
+        return publish_encoded([(key, fields) for fields in encoded], prefixed_keys=True)
 
 
 def publish_encoded(
@@ -122,7 +133,10 @@ def publish_encoded(
             command = commands[i]
             commands[i] = (*command[:2], *trim, *command[2:])
     with translate_errors(lambda: _stream(*dict.fromkeys(command[1] for command in commands))):
-        return _ids(execute_batch(get_redis(), commands))
+        ids = _ids(execute_batch(get_redis(), commands))
+    if config.metrics:
+        count_published("stream", len(ids))
+    return ids
 
 
 def _stream(*names: str) -> str:
@@ -176,15 +190,24 @@ def broadcast(
     the ``sender`` of the relay's message frames).
     """
     config = get_config()
-    if is_durable(channel, config):
-        keys, args = _durable_args(config, channel, data, type, headers)
-        with translate_errors(lambda: _channel(keys[0], durable=True)):
-            _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
-        return int(receivers)
-    message = wire.encode_message(data, type=type, headers=headers)
-    key = prefixed(config.key_prefix, channel)
-    with translate_errors(lambda: _channel(key, durable=False)):
-        return int(get_redis().publish(key, message))
+    with producing("broadcast", channel) as span:
+        if is_durable(channel, config):
+            keys, args = _durable_args(config, channel, data, type, span.headers(headers))
+            span.message_id(args[3])
+            with translate_errors(lambda: _channel(keys[0], durable=True)):
+                _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
+        else:
+            event_id = wire.new_event_id()
+            span.message_id(event_id)
+            message = wire.encode_message(
+                data, type=type, headers=span.headers(headers), event_id=event_id
+            )
+            key = prefixed(config.key_prefix, channel)
+            with translate_errors(lambda: _channel(key, durable=False)):
+                receivers = get_redis().publish(key, message)
+    if config.metrics:
+        count_published("channel")
+    return int(receivers)
 
 
 async def apublish(
@@ -196,12 +219,16 @@ async def apublish(
 ) -> str:
     """Async twin of :func:`publish`."""
     config = get_config()
-    fields = wire.encode_entry(data, type=type, headers=headers)
-    key = prefixed(config.key_prefix, stream)
-    async with atranslate_errors(lambda: _stream(key)):
-        entry_id = await get_async_redis().xadd(
-            key, cast(Any, fields), **trim_args(config.stream_maxlen)
-        )
+    with producing("publish", stream) as span:
+        fields = wire.encode_entry(data, type=type, headers=span.headers(headers))
+        span.message_id(fields[wire.EVENT_ID])
+        key = prefixed(config.key_prefix, stream)
+        async with atranslate_errors(lambda: _stream(key)):
+            entry_id = await get_async_redis().xadd(
+                key, cast(Any, fields), **trim_args(config.stream_maxlen)
+            )
+    if config.metrics:
+        count_published("stream")
     return _ids([entry_id])[0]
 
 
@@ -214,18 +241,23 @@ async def apublish_many(
 ) -> list[str]:
     """Async twin of :func:`publish_many`."""
     config = get_config()
-    encoded = _encode_many(items, type, headers)
-    if not encoded:
-        return []
-    key = prefixed(config.key_prefix, stream)
-    async with atranslate_errors(lambda: _stream(key)):
-        pipe = get_async_redis().pipeline(transaction=False)
-        for fields in encoded[:-1]:
-            pipe.xadd(key, cast(Any, fields))
-        pipe.xadd(
-            key, cast(Any, encoded[-1]), **trim_args(config.stream_maxlen)
-        )  # one trim per batch
-        return _ids(await pipe.execute())
+    with producing("publish", stream) as span:
+        encoded = _encode_many(items, type, span.headers(headers))
+        if not encoded:
+            return []
+        span.batch(len(encoded))
+        key = prefixed(config.key_prefix, stream)
+        async with atranslate_errors(lambda: _stream(key)):
+            pipe = get_async_redis().pipeline(transaction=False)
+            for fields in encoded[:-1]:
+                pipe.xadd(key, cast(Any, fields))
+            pipe.xadd(
+                key, cast(Any, encoded[-1]), **trim_args(config.stream_maxlen)
+            )  # one trim per batch
+            ids = _ids(await pipe.execute())
+    if config.metrics:
+        count_published("stream", len(ids))
+    return ids
 
 
 async def abroadcast(
@@ -233,16 +265,25 @@ async def abroadcast(
 ) -> int:
     """Async twin of :func:`broadcast`."""
     config = get_config()
-    if is_durable(channel, config):
-        keys, args = _durable_args(config, channel, data, type, headers)
-        async with atranslate_errors(lambda: _channel(keys[0], durable=True)):
-            script = get_async_redis().register_script(_DURABLE_BROADCAST)
-            _entry_id, receivers = await script(keys, args)
-        return int(receivers)
-    message = wire.encode_message(data, type=type, headers=headers)
-    key = prefixed(config.key_prefix, channel)
-    async with atranslate_errors(lambda: _channel(key, durable=False)):
-        return int(await get_async_redis().publish(key, message))
+    with producing("broadcast", channel) as span:
+        if is_durable(channel, config):
+            keys, args = _durable_args(config, channel, data, type, span.headers(headers))
+            span.message_id(args[3])
+            async with atranslate_errors(lambda: _channel(keys[0], durable=True)):
+                script = get_async_redis().register_script(_DURABLE_BROADCAST)
+                _entry_id, receivers = await script(keys, args)
+        else:
+            event_id = wire.new_event_id()
+            span.message_id(event_id)
+            message = wire.encode_message(
+                data, type=type, headers=span.headers(headers), event_id=event_id
+            )
+            key = prefixed(config.key_prefix, channel)
+            async with atranslate_errors(lambda: _channel(key, durable=False)):
+                receivers = await get_async_redis().publish(key, message)
+    if config.metrics:
+        count_published("channel")
+    return int(receivers)
 
 
 def _list(key: str) -> str:
@@ -263,10 +304,19 @@ def push(
     so ``@list_consumer`` handlers (and any other language) read it; the list name gets
     ``KEY_PREFIX``.
     """
-    element = wire.encode_message(data, type=type, headers=headers)
-    key = prefixed(get_config().key_prefix, list_name)
-    with translate_errors(lambda: _list(key)):
-        return int(get_redis().rpush(key, element))
+    config = get_config()
+    with producing("push", list_name) as span:
+        event_id = wire.new_event_id()
+        span.message_id(event_id)
+        element = wire.encode_message(
+            data, type=type, headers=span.headers(headers), event_id=event_id
+        )
+        key = prefixed(config.key_prefix, list_name)
+        with translate_errors(lambda: _list(key)):
+            length = int(get_redis().rpush(key, element))
+    if config.metrics:
+        count_published("list")
+    return length
 
 
 async def apush(
@@ -277,7 +327,16 @@ async def apush(
     headers: Mapping[str, Any] | None = None,
 ) -> int:
     """Async twin of :func:`push`."""
-    element = wire.encode_message(data, type=type, headers=headers)
-    key = prefixed(get_config().key_prefix, list_name)
-    async with atranslate_errors(lambda: _list(key)):
-        return int(await get_async_redis().rpush(key, element))
+    config = get_config()
+    with producing("push", list_name) as span:
+        event_id = wire.new_event_id()
+        span.message_id(event_id)
+        element = wire.encode_message(
+            data, type=type, headers=span.headers(headers), event_id=event_id
+        )
+        key = prefixed(config.key_prefix, list_name)
+        async with atranslate_errors(lambda: _list(key)):
+            length = int(await get_async_redis().rpush(key, element))
+    if config.metrics:
+        count_published("list")
+    return length

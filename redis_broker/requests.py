@@ -50,7 +50,9 @@ from .connection import (
     translate_errors,
 )
 from .exceptions import MalformedEntry, NoResponders, RemoteError, RequestTimeout
+from .metrics import process as metrics
 from .naming import inbox_name, list_consumers_name, prefixed, worker_key
+from .tracing import producing
 
 logger = logging.getLogger("redis_broker.requests")
 
@@ -249,17 +251,29 @@ def _check(via: str, timeout: float) -> None:
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}.")
 
 
+# Reply headers that are the protocol's, not the responder's (``Reply.headers`` omits them).
+_NOT_OWN = frozenset({STATUS, CORRELATION_ID, wire.TRACEPARENT, wire.TRACESTATE})
+
+
 def _reply(fields: Mapping[str, str], destination: str) -> Reply:
     """Return the reply in ``fields``, or raise the responder's error."""
     headers = wire.loads(fields.get(wire.HEADERS, "{}"), what="reply headers")
     data = wire.loads(fields.get(wire.DATA, "null"), what="reply")
     if headers.get(STATUS) == "error":
+        _count(metrics.REMOTE_ERROR)
         error = data if isinstance(data, dict) else {}
         raise RemoteError(
             str(error.get("type", "Error")), str(error.get("message", "")), destination
         )
-    own = {k: v for k, v in headers.items() if k not in (STATUS, CORRELATION_ID)}
+    own = {k: v for k, v in headers.items() if k not in _NOT_OWN}
+    _count(metrics.REPLIED)
     return Reply(data, own, fields.get(wire.EVENT_ID, ""))
+
+
+def _count(outcome: str) -> None:
+    """Count a finished request in ``redis_broker_requests_total`` (unless METRICS is off)."""
+    if get_config().metrics:
+        metrics.count_request(outcome)
 
 
 def request(
@@ -283,15 +297,15 @@ def request(
     correlation_id = uuid.uuid4().hex
     future = inbox.expect(correlation_id)
     try:
-        message = _encode(
-            via, data, type, _request_headers(inbox, correlation_id, timeout, headers)
-        )
-        if not _send_sync(via, destination, message):
-            raise _nobody(via, destination)
-        try:
-            fields = future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise _too_slow(via, destination, timeout) from None
+        with producing("request", destination, client=True, conversation_id=correlation_id) as span:
+            merged = _request_headers(inbox, correlation_id, timeout, headers)
+            message = _encode(via, data, type, span.headers(merged))
+            if not _send_sync(via, destination, message):
+                raise _nobody(via, destination)
+            try:
+                fields = future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise _too_slow(via, destination, timeout) from None
     finally:
         inbox.forget(correlation_id)
     return _reply(fields, destination)
@@ -312,36 +326,38 @@ async def arequest(
     correlation_id = uuid.uuid4().hex
     future = asyncio.wrap_future(inbox.expect(correlation_id))
     try:
-        message = _encode(
-            via, data, type, _request_headers(inbox, correlation_id, timeout, headers)
-        )
-        loop = asyncio.get_running_loop()
-        limit = _send_limits.get(loop)
-        if limit is None:
-            limit = _send_limits[loop] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
-        async with limit, atranslate_errors():
-            sent = await _send_async(via, destination, message)
-        if not sent:
-            raise _nobody(via, destination)
-        try:
-            async with asyncio.timeout(timeout):
-                fields = await future
-        except TimeoutError:
-            raise _too_slow(via, destination, timeout) from None
+        with producing("request", destination, client=True, conversation_id=correlation_id) as span:
+            merged = _request_headers(inbox, correlation_id, timeout, headers)
+            message = _encode(via, data, type, span.headers(merged))
+            loop = asyncio.get_running_loop()
+            limit = _send_limits.get(loop)
+            if limit is None:
+                limit = _send_limits[loop] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+            async with limit, atranslate_errors():
+                sent = await _send_async(via, destination, message)
+            if not sent:
+                raise _nobody(via, destination)
+            try:
+                async with asyncio.timeout(timeout):
+                    fields = await future
+            except TimeoutError:
+                raise _too_slow(via, destination, timeout) from None
     finally:
         inbox.forget(correlation_id)
     return _reply(fields, destination)
 
 
 def _nobody(via: str, destination: str) -> NoResponders:
+    _count(metrics.NO_RESPONDERS)
     return NoResponders(f"Nothing consumes {via} {destination!r}: no one can answer.")
 
 
 def _too_slow(via: str, destination: str, timeout: float) -> RequestTimeout:
+    _count(metrics.TIMEOUT)
     return RequestTimeout(f"No reply from {via} {destination!r} within {timeout} s.")
 
 
-def _encode(via: str, data: Any, type: str, headers: dict[str, Any]) -> Any:
+def _encode(via: str, data: Any, type: str, headers: Mapping[str, Any] | None) -> Any:
     if via == "stream":
         return wire.encode_entry(data, type=type, headers=headers)
     return wire.encode_message(data, type=type, headers=headers)
@@ -437,14 +453,22 @@ def request_info(headers: Mapping[str, Any]) -> RequestInfo | None:
     return RequestInfo(reply_to, str(correlation_id), deadline_ms)
 
 
-def reply_fields(result: Any, correlation_id: str) -> dict[str, str]:
-    """Return the reply entry for a handler's return value (a ``Reply`` adds headers)."""
+def reply_fields(
+    result: Any, correlation_id: str, trace: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Return the reply entry for a handler's return value (a ``Reply`` adds headers).
+
+    ``trace`` is the handler call's ``traceparent`` (``tracing.message_carrier``).
+    """
     data, extra = (result.data, result.headers) if isinstance(result, Reply) else (result, {})
-    headers = {**extra, CORRELATION_ID: correlation_id, STATUS: "ok"}
+    headers = {**extra, **(trace or {}), CORRELATION_ID: correlation_id, STATUS: "ok"}
     return wire.encode_entry(data, headers=headers)
 
 
-def error_fields(exc: BaseException, correlation_id: str) -> dict[str, str]:
+def error_fields(
+    exc: BaseException, correlation_id: str, trace: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Return the reply entry telling the caller that the handler failed for good."""
     error = {"type": type(exc).__name__, "message": str(exc)[:2000]}
-    return wire.encode_entry(error, headers={CORRELATION_ID: correlation_id, STATUS: "error"})
+    headers = {**(trace or {}), CORRELATION_ID: correlation_id, STATUS: "error"}
+    return wire.encode_entry(error, headers=headers)

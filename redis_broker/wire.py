@@ -7,6 +7,12 @@ plus ``"headers"`` (an object) when given and ``"id"`` (the stream entry id) on 
 channels. Any language can read both
 with a plain Redis client and a JSON parser. Nothing is ever pickled.
 
+Trace context travels in ``headers`` as W3C Trace Context text: ``traceparent``
+(``00-<trace id>-<span id>-<flags>``) and, when the tracer has one, ``tracestate``.
+Publishing writes them only while an OpenTelemetry span is current (``tracing.py``), so
+without tracing the wire is unchanged; consumers continue the trace they name, and an
+``output=`` entry or a reply carries the context of the handler call that made it.
+
 Payloads nest at most :data:`MAX_DEPTH` arrays and objects deep: :func:`dumps` refuses
 deeper ones before anything is sent, and every reader (stream consumers, the relay's
 hub and sockets, the admin inspector) parses JSON with :func:`loads`, which refuses
@@ -53,6 +59,11 @@ INPUT_EVENT_ID = "input_event_id"
 # server code may set them too. The relay's message frames show them as ``sender``.
 SENDER_ID = "sender_id"
 SENDER_NAME = "sender_name"
+
+# The W3C Trace Context headers (https://www.w3.org/TR/trace-context/): written and read by
+# ``tracing.py`` through OpenTelemetry's propagator, never by hand.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 # Dead-letter fields added next to the original ones (contract section 3).
 ORIGINAL_STREAM = "original_stream"
@@ -403,14 +414,20 @@ def decode_entry(raw: Mapping[Any, Any]) -> DecodedEntry:
 OutputParts = tuple[str, str, str]
 
 
-def encode_output(result: Any, input_event_id: str) -> OutputParts:
+def encode_output(
+    result: Any, input_event_id: str, trace: Mapping[str, str] | None = None
+) -> OutputParts:
     """Return the parts of the entry a handler's return value becomes (``output=``).
 
-    Its headers name the input's event (``input_event_id``) so it can be traced back.
+    Its headers name the input's event (``input_event_id``) so it can be traced back,
+    and carry ``trace`` (the handler call's ``traceparent``) when given.
     Raises ``TypeError`` when ``result`` cannot be encoded, like ``publish()``.
     """
-    headers = "{" + json.encoder.encode_basestring(INPUT_EVENT_ID) + ":"
-    headers += json.encoder.encode_basestring(input_event_id) + "}"
+    if trace:
+        headers = dumps({INPUT_EVENT_ID: input_event_id, **trace}, what="headers")
+    else:
+        headers = "{" + json.encoder.encode_basestring(INPUT_EVENT_ID) + ":"
+        headers += json.encoder.encode_basestring(input_event_id) + "}"
     return dumps(result, what="return value"), new_event_id(), headers
 
 

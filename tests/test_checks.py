@@ -217,3 +217,38 @@ def test_unreachable_redis_warns_w004() -> None:
     messages = deploy({"URL": url, "RETRIES": 0})
     assert [m.id for m in messages] == ["redis_broker.W004"]
     assert url in messages[0].msg
+
+
+def test_metrics_token_that_is_not_a_str_is_e003() -> None:
+    """Tests that a METRICS_TOKEN of another type (bytes, a number) is E003 naming the key."""
+    error = only(run_check({"METRICS_TOKEN": b"s3cret-metrics-token"}))
+    assert error.id == "redis_broker.E003"
+    assert error.msg == "REDIS_BROKER['METRICS_TOKEN'] must be str, not bytes."
+
+
+def test_empty_or_spaced_metrics_token_is_e005() -> None:
+    """Tests that an empty token (which "Bearer " would match) or one with spaces is E005."""
+    for token in ("", "two words-of-token-text"):
+        error = only(run_check({"METRICS_TOKEN": token}))
+        assert error.id == "redis_broker.E005"
+        assert error.msg == "REDIS_BROKER['METRICS_TOKEN'] must not be empty or contain whitespace."
+
+
+def metrics_token_warning_ids(token: str | None) -> list[str]:
+    config, errors = conf.validate({"METRICS_TOKEN": token})
+    assert errors == []
+    return [m.id for m in checks.metrics_token_warnings(config)]
+
+
+def test_short_metrics_token_warns_w005_and_a_long_or_absent_one_does_not() -> None:
+    """Tests that a token under 16 characters is W005 (deploy), and 16 or None is quiet."""
+    assert metrics_token_warning_ids("x" * 15) == ["redis_broker.W005"]
+    assert metrics_token_warning_ids("x" * 16) == []
+    assert metrics_token_warning_ids(None) == []
+
+
+def test_deploy_check_reports_a_short_metrics_token(redis_broker_url: str) -> None:
+    """Tests that manage.py check --deploy includes the W005 warning."""
+    messages = deploy({"URL": redis_broker_url, "METRICS_TOKEN": "short"})
+    assert [m.id for m in messages] == ["redis_broker.W005"]
+    assert "5 characters" in messages[0].msg

@@ -61,3 +61,22 @@ def test_model_events_get_their_defaults() -> None:
     assert spec.fields is None
     assert spec.actions == frozenset({"created", "updated", "deleted"})
     assert spec.delivery == "on_commit"
+
+
+def test_metrics_token_defaults_to_none_and_keeps_a_str() -> None:
+    """Tests that METRICS_TOKEN is None unless set, and the configured str is kept as is."""
+    assert conf.validate({})[0].metrics_token is None
+    config, errors = conf.validate({"METRICS_TOKEN": "s3cret-metrics-token"})
+    assert errors == []
+    assert config.metrics_token == "s3cret-metrics-token"
+
+
+def test_runtime_refuses_a_metrics_token_of_the_wrong_type() -> None:
+    """Tests that get_config() raises the check's E003 for a METRICS_TOKEN that is no str."""
+    with (
+        override_settings(REDIS_BROKER={"METRICS_TOKEN": 12345678901234567}),
+        pytest.raises(ConfigurationError) as info,
+    ):
+        conf.get_config()
+    assert info.value.check_id == "redis_broker.E003"
+    assert "REDIS_BROKER['METRICS_TOKEN']" in str(info.value)

@@ -134,6 +134,8 @@ class ChannelWorker(ConsumerWorker):
         if not self.inbox or self.lanes.waiting() > DISPATCH_BATCH:
             if not self.burst:
                 await self._wait_for_progress(self.block_ms / 1000)
+            if not self.inbox:
+                self.progress_at = time.monotonic()  # idle: nothing waits for it
             return False
         self._dispatch()
         return True
@@ -148,6 +150,8 @@ class ChannelWorker(ConsumerWorker):
                 decoded = wire.decode_message(raw)
             except MalformedEntry as exc:
                 self.stats.failed += 1
+                if self.instruments is not None:
+                    self.instruments.dropped.inc()
                 logger.warning("%s: dropped a malformed message on %s (%s)", self, channel, exc)
                 continue
             message = build_message(
@@ -164,6 +168,8 @@ class ChannelWorker(ConsumerWorker):
     ) -> None:
         """Log and drop (a Pub/Sub message is delivered at most once); answer a request."""
         self.stats.failed += 1
+        if self.instruments is not None:
+            self.instruments.dropped.inc()
         self._reply_error(message, exc)
         logger.error(
             "%s: the handler failed on a message on %s (event %s); dropped (at most once)",
@@ -203,6 +209,20 @@ class ChannelWorker(ConsumerWorker):
     async def pending(self) -> int:
         """Return how many messages wait in this consumer's inbox."""
         return len(self.inbox)
+
+    def trace_names(self) -> dict[str, str]:
+        """Return the channel (a pattern is the spans' template) naming ``process`` spans."""
+        if self.spec.is_pattern:
+            return {"destination": self.spec.pattern, "template": self.spec.pattern}
+        return {"destination": self.spec.pattern}
+
+    def metric_labels(self) -> tuple[str, str]:
+        """Return ``(pattern, "")``: the channel or pattern as written, no group."""
+        return self.spec.pattern, ""
+
+    def work_waiting(self) -> bool:
+        """Return True while messages wait in the inbox or calls run."""
+        return bool(self.inbox) or super().work_waiting()
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""

@@ -59,6 +59,9 @@ class Lanes(Generic[M]):
         self.handler = handler
         self.limit = limit
         self.notify = notify
+        #: Each call's duration in seconds, appended as it ends (None: nothing is timed);
+        #: the worker takes them with the outcomes (``take_durations``).
+        self.durations: list[float] | None = None
         self.watched = False
         self.queue: deque[tuple[bytes, M]] = deque()
         self.done: list[bytes] = []
@@ -85,7 +88,9 @@ class Lanes(Generic[M]):
             if result is not None or getattr(message, "headers", None):
                 self.results[entry_id] = (message, result)
             self.done.append(entry_id)
-        del self.calls[number]
+        started = self.calls.pop(number)[1]
+        if self.durations is not None:
+            self.durations.append(time.monotonic() - started)  # one step under the GIL
         if self.watched:
             self._signal()
 
@@ -109,6 +114,15 @@ class Lanes(Generic[M]):
         else:
             results = {}
         return taken, results, failures
+
+    def take_durations(self) -> list[float]:
+        """Return (and forget) the call durations recorded so far (safe like ``collect``)."""
+        durations = self.durations
+        if not durations:
+            return []
+        taken = durations[: len(durations)]
+        del durations[: len(taken)]
+        return taken
 
     def has_outcomes(self) -> bool:
         """Return True when outcomes wait to be collected."""
@@ -327,8 +341,17 @@ def lanes_for(
     limit: int,
     notify: Callable[[], None],
     name: str,
+    timed: bool = False,
 ) -> Lanes[M]:
-    """Return the engine for ``handler``: async lanes or thread lanes."""
+    """Return the engine for ``handler``: async lanes or thread lanes.
+
+    ``timed`` records each call's duration (``take_durations``).
+    """
+    lanes: Lanes[M]
     if is_async:
-        return AsyncLanes(handler, limit, notify)
-    return ThreadLanes(handler, limit, notify, name=name)
+        lanes = AsyncLanes(handler, limit, notify)
+    else:
+        lanes = ThreadLanes(handler, limit, notify, name=name)
+    if timed:
+        lanes.durations = []
+    return lanes

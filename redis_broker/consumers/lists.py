@@ -176,6 +176,7 @@ class ListWorker(ConsumerWorker):
         reply: list[Any] = await _TAKE.arun(
             self.client, [self.key, self.processing_key, self.deliveries_key], [self.batch_size]
         )
+        self.full_read = len(reply) >= 2 * self.batch_size
         if reply:
             await self._dispatch(list(zip(reply[::2], map(int, reply[1::2]), strict=True)))
             return True
@@ -189,6 +190,7 @@ class ListWorker(ConsumerWorker):
             item = await self.client.blmove(self.key, self.processing_key, timeout, "LEFT", "RIGHT")
         finally:
             self._blocking(blocking=False)
+        self.progress_at = time.monotonic()  # the blocking read returned
         if item is None:
             return False
         count = await self.client.hincrby(self.deliveries_key, item_digest(cast(bytes, item)), 1)
@@ -308,7 +310,7 @@ class ListWorker(ConsumerWorker):
             pipe.lrem(self.processing_key, 1, cast(str, item))
             pipe.hdel(self.deliveries_key, item_digest(item))
             await pipe.execute()
-        self.stats.dead_lettered += 1
+        self._count_dead_letter()
 
     async def _flush_acks(self) -> None:
         """Remove handled items from the processing list (appending outputs), one script."""
@@ -355,6 +357,14 @@ class ListWorker(ConsumerWorker):
         """Return how many items wait in the list."""
         assert self.client is not None
         return int(await self.client.llen(self.key))
+
+    def trace_names(self) -> dict[str, str]:
+        """Return the list that names this consumer's ``process`` spans."""
+        return {"destination": self.spec.list}
+
+    def metric_labels(self) -> tuple[str, str]:
+        """Return ``(list, "")``: a list has no group."""
+        return self.spec.list, ""
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""

@@ -32,6 +32,7 @@ from ..connection import (
     get_async_redis,
     unavailable,
 )
+from ..health import HealthServer, ProcessHealth
 from ..heartbeat import Heartbeat
 from . import policy, registry
 from .channels import ChannelSubscriber, ChannelWorker
@@ -54,6 +55,8 @@ class ConsumerRunner:
     ``selectors`` pick consumers by name, stream or ``stream:group`` (none: all);
     ``specs`` bypasses discovery (tests, embedding). ``concurrency`` overrides every
     consumer's limit. ``relay_outbox`` also publishes the database outbox.
+    ``metrics_port`` serves ``/metrics``, ``/livez`` and ``/readyz`` on
+    ``metrics_host`` (0: a free port, echoed at start; see ``health.py``).
     ``run()`` returns the exit status: 0 after a clean (warm) stop or a finished
     burst, 1 after a cold stop that abandoned in-flight entries.
     """
@@ -73,11 +76,15 @@ class ConsumerRunner:
         relay_outbox: bool = True,
         echo: Callable[[str], Any] | None = None,
         config: BrokerConfig | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_port: int | None = None,
     ) -> None:
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise ValueError(f"concurrency must be a positive int, not {concurrency!r}.")
         if consumer_name is not None and not consumer_name.strip():
             raise ValueError("the consumer name must not be empty.")
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise ValueError(f"the metrics port must be 0-65535, not {metrics_port}.")
         self.selectors = list(selectors)
         self.specs = list(specs) if specs is not None else None
         self.concurrency = concurrency
@@ -86,7 +93,11 @@ class ConsumerRunner:
         self.relay_outbox = relay_outbox
         self.echo = echo or _print
         self.config = config
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
         self.workers: list[ConsumerWorker] = []
+        self.health: ProcessHealth | None = None
+        self.health_server: HealthServer | None = None
         self.heartbeat: Heartbeat | None = None
         self.subscriber: ChannelSubscriber | None = None
         self._subscription: asyncio.Task[None] | None = None
@@ -139,6 +150,18 @@ class ConsumerRunner:
         client = get_async_redis()
         try:
             self.workers = [self._worker_for(spec, config) for spec in specs]
+            self.health = ProcessHealth(self.workers, config)
+            if self.metrics_port is not None:
+                # Serving before the groups exist: /readyz says "starting" meanwhile.
+                self.health_server = HealthServer(
+                    self.health, host=self.metrics_host, port=self.metrics_port
+                )
+                try:
+                    self.health_server.start()
+                except OSError as exc:
+                    where = f"{self.metrics_host}:{self.metrics_port}"
+                    reason = exc.strerror or exc
+                    raise OSError(f"Cannot serve metrics on {where}: {reason}") from exc
             self.heartbeat = Heartbeat(
                 client,
                 prefix=config.key_prefix,
@@ -147,12 +170,16 @@ class ConsumerRunner:
                 describe=self._describe,
             )
             await self._start(client, config)
+            self.health.started = True
             self._announce()
             with self._signals():
                 code = await self._supervise(client, stop, config)
             self.echo(await self.status_line())
             return code
         finally:
+            if self.health_server is not None:
+                await asyncio.to_thread(self.health_server.stop)
+                self.health_server = None
             if self.heartbeat is not None and self.heartbeat.held:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.heartbeat.release()
@@ -208,6 +235,9 @@ class ConsumerRunner:
             raise TimeoutError("the channel consumers' subscriptions were not confirmed")
 
     def _announce(self) -> None:
+        if self.health_server is not None:
+            where = f"http://{self.metrics_host}:{self.health_server.port}"
+            self.echo(f"Metrics and health on {where}/metrics, /livez and /readyz")
         if not self.workers:
             self.echo(
                 "No consumers are registered (add @stream_consumer, @channel_consumer or "
@@ -238,7 +268,10 @@ class ConsumerRunner:
             *([self._subscription] if self._subscription is not None else []),
             asyncio.create_task(self._report(settings.status_interval, stop), name="status"),
             asyncio.create_task(self._keep_alive(settings.heartbeat_interval, stop), name="beat"),
-            asyncio.create_task(self._watch(settings.slow_call_warning, stop), name="watch"),
+            asyncio.create_task(
+                self._watch(settings.slow_call_warning, settings.liveness_timeout, stop),
+                name="watch",
+            ),
         ]
         relay = None
         if self.relay_outbox:
@@ -402,10 +435,15 @@ class ConsumerRunner:
                 )
             warned = self.heartbeat.lost
 
-    async def _watch(self, threshold: float, stop: asyncio.Event) -> None:
-        """Log each handler call that runs longer than ``threshold`` seconds, once."""
-        tick = min(1.0, threshold / 2)
+    async def _watch(self, threshold: float, liveness: float, stop: asyncio.Event) -> None:
+        """Log each handler call that runs longer than ``threshold`` seconds, once, and
+        stamp the loop as running for ``/livez`` (which reads it from another thread):
+        at least four times per ``liveness`` seconds, so a busy loop is never taken for
+        a stopped one."""
+        tick = min(1.0, threshold / 2, liveness / 4)
         while True:
+            if self.health is not None:
+                self.health.tick()
             await wait_or_stop(stop, tick)
             if stop.is_set():
                 return
@@ -415,11 +453,17 @@ class ConsumerRunner:
     def _describe(self) -> dict[str, Any]:
         """Return the live part of this process's heartbeat."""
         oldest = self._oldest_call_age()
-        return {
+        info: dict[str, Any] = {
             "consumers": [w.describe_for_heartbeat() for w in self.workers],
             "in_flight": sum(w.in_flight() for w in self.workers),
             "oldest_call_s": None if oldest is None else round(oldest, 3),
         }
+        if self.health is not None:
+            # Written over Redis, so no PING: the beat itself shows Redis answers.
+            live, ready = self.health.liveness(), self.health.readiness(ping=False)
+            info.update(live=live.ok, ready=ready.ok, problems=[live.line(), ready.line()])
+            info["problems"] = [line for line in info["problems"] if line != "ok"]
+        return info
 
     def _oldest_call_age(self) -> float | None:
         starts = [start for w in self.workers if (start := w.oldest_call()) is not None]

@@ -171,7 +171,10 @@ class GroupWorker(ConsumerWorker):
             self._blocking(blocking=False)
             if flush is not None:
                 await flush
-        return cast(Any, reply)[0][1] if reply else []
+        entries: list[policy.RawEntry] = cast(Any, reply)[0][1] if reply else []
+        self.progress_at = time.monotonic()  # entries or an empty block: the read returned
+        self.full_read = len(entries) >= self.batch_size
+        return entries
 
     async def _read_new(self) -> bool:
         block = (
@@ -377,7 +380,7 @@ class GroupWorker(ConsumerWorker):
             maxlen=self.maxlen,
             traceback=trace,
         )
-        self.stats.dead_lettered += 1
+        self._count_dead_letter()
 
     async def _flush_acks(self) -> None:
         assert self.client is not None
@@ -426,6 +429,14 @@ class GroupWorker(ConsumerWorker):
         assert self.client is not None
         summary = await self.client.xpending(self.key, self.group)
         return int(summary["pending"])
+
+    def trace_names(self) -> dict[str, str]:
+        """Return the stream and group that name this consumer's ``process`` spans."""
+        return {"destination": self.spec.stream, "group": self.group}
+
+    def metric_labels(self) -> tuple[str, str]:
+        """Return ``(stream, group)``, as the stream is named in the decorator."""
+        return self.spec.stream, self.spec.group
 
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""

@@ -25,11 +25,12 @@ from typing import Any
 
 import redis.asyncio
 
-from .. import wire
+from .. import tracing, wire
 from ..backoff import Backoff, wait_or_stop
 from ..conf import BrokerConfig
 from ..connection import CONNECTION_ERRORS, REDIS_ERRORS
 from ..exceptions import ConsumerGroupMissing, Reject
+from ..metrics.process import ConsumerInstruments
 from ..naming import prefixed, reply_record_name
 from ..requests import (
     INBOX_MAXLEN,
@@ -122,6 +123,19 @@ class ConsumerWorker:
         self._blocked = False  # inside a blocking read: outcomes are settled aside
         self._settler: asyncio.Task[None] | None = None
         self._slow_warned: set[bytes] = set()
+        # Health (``liveness_problem``, ``readiness_problem``), read from the health
+        # server's thread: when a read last returned or an outcome was last collected,
+        # whether that read filled a whole batch (more waits), what keeps it from ready.
+        self.liveness_timeout = settings.liveness_timeout
+        self.progress_at = time.monotonic()
+        self.full_read = False
+        self.group_missing = False
+        self.redis_error: str | None = None
+        self.instruments: ConsumerInstruments | None = None
+        if config.metrics:
+            self.instruments = ConsumerInstruments(
+                *self.metric_labels(), in_flight_of=self.in_flight, oldest_call_of=self.oldest_call
+            )
 
     # -- supervision --------------------------------------------------------------------
 
@@ -135,11 +149,12 @@ class ConsumerWorker:
         self.client = client
         self._progress = asyncio.Event()
         self.lanes = lanes_for(
-            self.handler,
+            tracing.traced_handler(self.handler, is_async=self.is_async, **self.trace_names()),
             is_async=self.is_async,
             limit=self.concurrency,
             notify=self._notify,
             name=f"redis-broker-{self.spec.name}",
+            timed=self.instruments is not None,
         )
         try:
             await self._consume(stop)
@@ -166,6 +181,7 @@ class ConsumerWorker:
                 if not worked and self.burst and await self._burst_done(stop):
                     return
             except ConsumerGroupMissing as exc:
+                self.group_missing = True
                 if not group_warned:
                     logger.warning("%s", exc)
                     group_warned = True
@@ -175,6 +191,10 @@ class ConsumerWorker:
                 self._ready = False
                 delay = backoff.next_delay()
                 if isinstance(exc, CONNECTION_ERRORS):
+                    # Waiting for Redis is not being stuck: readiness reports it, and
+                    # restarting the process would not bring Redis back.
+                    self.progress_at = time.monotonic()
+                    self.redis_error = describe(exc)
                     logger.log(
                         backoff.level(),
                         "%s: Redis unreachable (%s); retrying every %.1f s",
@@ -189,6 +209,7 @@ class ConsumerWorker:
             if backoff.reset():
                 logger.warning("%s: Redis answers again; resuming", self)
             group_warned = False  # one warning per lost group, not per process
+            self.group_missing, self.redis_error = False, None
 
     async def _setup(self) -> None:
         raise NotImplementedError
@@ -253,6 +274,7 @@ class ConsumerWorker:
     def _submit(self, items: list[tuple[bytes, StreamMessage]]) -> None:
         """Hand messages to the lanes; settle requests whose caller already gave up."""
         assert self.lanes is not None
+        self.progress_at = time.monotonic()  # a read returned
         if items and not self.spec.no_reply:
             items = self._without_expired(items)
         if items:
@@ -272,6 +294,8 @@ class ConsumerWorker:
                 if info.deadline_ms < now_ms:
                     self._acks.append(entry_id)
                     self.stats.expired += 1
+                    if self.instruments is not None:
+                        self.instruments.skipped_expired.inc()
                     logger.info(
                         "%s: skipped request %s: its caller gave up %d ms ago",
                         *(self, info.correlation_id, now_ms - info.deadline_ms),
@@ -321,6 +345,7 @@ class ConsumerWorker:
         if not self.lanes.has_outcomes():
             return
         done, results, failed = self.lanes.collect()
+        self.progress_at = time.monotonic()  # outcomes settled
         self._in_flight -= len(done) + len(failed)
         handled = len(done)
         if results:
@@ -335,6 +360,10 @@ class ConsumerWorker:
         self._acks += done
         self._failures += failed
         self.stats.processed += handled
+        if self.instruments is not None:
+            if handled:
+                self.instruments.acked.inc(handled)
+            self.instruments.durations.observe_many(self.lanes.take_durations())
 
     def _take_results(
         self, results: dict[bytes, tuple[StreamMessage, Any]]
@@ -349,12 +378,16 @@ class ConsumerWorker:
         for entry_id, (message, result) in results.items():
             try:
                 info = None if self.spec.no_reply else request_info(message.headers)
+                # The call's trace context, kept on the message: this runs on the loop's
+                # thread, not in the call's context (which may have been a lane thread).
+                wanted = info is not None or (self.output_key is not None and result is not None)
+                trace = tracing.message_carrier(message) if wanted else None
                 if info is not None:
-                    fields = reply_fields(result, info.correlation_id)
+                    fields = reply_fields(result, info.correlation_id, trace)
                     self._replies.append((info.reply_to, fields, info.correlation_id))
                 if self.output_key is not None and result is not None:
                     value = result.data if isinstance(result, Reply) else result
-                    self._outputs[entry_id] = wire.encode_output(value, message.event_id)
+                    self._outputs[entry_id] = wire.encode_output(value, message.event_id, trace)
             except TypeError as exc:
                 refused.append((entry_id, message, exc))
         return refused
@@ -363,9 +396,8 @@ class ConsumerWorker:
         """Queue the error reply of a request whose handler failed for good."""
         info = None if self.spec.no_reply else request_info(message.headers)
         if info is not None:
-            self._replies.append(
-                (info.reply_to, error_fields(exc, info.correlation_id), info.correlation_id)
-            )
+            fields = error_fields(exc, info.correlation_id, tracing.message_carrier(message))
+            self._replies.append((info.reply_to, fields, info.correlation_id))
 
     async def _flush_replies(self) -> None:
         """Send the queued replies (and their records, see ``records_replies``), one trip."""
@@ -410,6 +442,8 @@ class ConsumerWorker:
                 exc_info=exc,
             )
             self._retries.add(entry_id, count, delay, time.monotonic())
+            if self.instruments is not None:
+                self.instruments.retried.inc()
         elif isinstance(exc, Reject):
             logger.warning("%s was rejected: %s; dead-lettering it", where, exc)
             self._reply_error(message, exc)
@@ -495,6 +529,72 @@ class ConsumerWorker:
                 )
         self._slow_warned &= running.keys()
 
+    def _count_dead_letter(self) -> None:
+        """Count one entry dead-lettered (every kind's ``_dead_letter`` calls this)."""
+        self.stats.dead_lettered += 1
+        if self.instruments is not None:
+            self.instruments.dead_lettered.inc()
+
+    def metric_labels(self) -> tuple[str, str]:
+        """Return this consumer's ``(stream, group)`` metric labels (``metrics.process``)."""
+        return self.spec.name, ""
+
+    # -- health (called from the health server's thread too) ---------------------------
+
+    def work_waiting(self) -> bool:
+        """Return True while entries wait for this consumer: handed out and not settled,
+        or its last read filled a whole batch (so more are likely there)."""
+        return bool(self._in_flight or self._failures or self.full_read)
+
+    def liveness_problem(self, now: float | None = None) -> str | None:
+        """Return why this consumer counts as stuck, or None while it makes progress.
+
+        Stuck: a handler call has run longer than ``LIVENESS_TIMEOUT``, or work waits and
+        no read returned and no outcome came in for that long. An idle consumer whose
+        reads keep returning empty is alive; so is one retrying an unreachable Redis
+        (that is readiness's business).
+        """
+        now = time.monotonic() if now is None else now
+        limit = self.liveness_timeout
+        started = self.oldest_call()
+        if started is not None and now - started > limit:
+            return (
+                f"a handler call has been running for {now - started:.1f} s "
+                f"(LIVENESS_TIMEOUT {limit:g} s)"
+            )
+        idle = now - self.progress_at
+        if idle > limit and self.work_waiting():
+            return (
+                f"no progress for {idle:.1f} s while work waits "
+                f"(in flight {self._in_flight}; LIVENESS_TIMEOUT {limit:g} s)"
+            )
+        return None
+
+    def readiness_problem(self) -> str | None:
+        """Return why this consumer cannot work now (group missing, Redis), or None."""
+        if self.group_missing:
+            return "its consumer group is missing (NOGROUP); it is being created again"
+        if self.redis_error is not None:
+            return f"Redis cannot be reached ({self.redis_error})"
+        return None
+
+    def trace_names(self) -> dict[str, str]:
+        """Return what names this consumer's ``process`` spans (``tracing.traced_handler``)."""
+        return {"destination": self.spec.name}
+
     def describe_for_heartbeat(self) -> dict[str, Any]:
         """Return what the process's heartbeat says about this consumer."""
-        return {"kind": self.spec.kind, "name": self.spec.name}
+        now = time.monotonic()
+        started = self.oldest_call()
+        problem = self.liveness_problem(now)
+        not_ready = self.readiness_problem()
+        return {
+            "kind": self.spec.kind,
+            "name": self.spec.name,
+            "in_flight": self._in_flight,
+            "oldest_call_s": None if started is None else round(now - started, 3),
+            "progress_age_s": round(now - self.progress_at, 3),
+            "live": problem is None,
+            "ready": not_ready is None,
+            "problem": problem or not_ready,
+        }

@@ -52,6 +52,7 @@ from ..relay import disconnect_user
 from ..relay.status import read_relays
 from . import queries
 from .forms import (
+    BulkDeadLettersForm,
     ClaimForm,
     ConfirmForm,
     CreateGroupForm,
@@ -72,6 +73,7 @@ from .pages import (
     stream_crumbs,
     with_query,
 )
+from .search import SearchBy, chunks, matching_ids
 
 # --- Redis writes ------------------------------------------------------------------------
 
@@ -274,6 +276,39 @@ def requeue_processing_list(
 def delete_entries(client: redis.Redis, key: str, ids: Sequence[str]) -> int:
     """Delete ``ids`` from the stream; return how many existed."""
     return int(client.xdel(key, *ids))
+
+
+#: Most dead letters one bulk action requeues or deletes; run it again for the rest.
+BULK_LIMIT = 10_000
+#: Dead letters per round trip of a bulk action (one pipeline, or one ``XDEL``, each).
+BULK_CHUNK = 1000
+
+
+def requeue_many(
+    client: redis.Redis, config: BrokerConfig, *, stream: str, ids: Sequence[str]
+) -> RequeueResult:
+    """Requeue ``ids`` (oldest first) ``BULK_CHUNK`` at a time with ``requeue_entries``.
+
+    Each chunk is appended, then removed from the dead letters, before the next is read:
+    a failure midway leaves the rest where they were, and never loses one.
+    """
+    requeued: list[tuple[str, str, str]] = []
+    missing: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for chunk in chunks(ids, BULK_CHUNK):
+        result = requeue_entries(client, config, stream=stream, ids=chunk)
+        requeued += result.requeued
+        missing += result.missing
+        failed += result.failed
+    return RequeueResult(requeued=requeued, missing=missing, failed=failed)
+
+
+def delete_many(client: redis.Redis, key: str, ids: Sequence[str]) -> int:
+    """Delete ``ids`` from the stream, ``BULK_CHUNK`` per ``XDEL``; return how many existed."""
+    pipe = client.pipeline(transaction=False)
+    for chunk in chunks(ids, BULK_CHUNK):
+        pipe.xdel(key, *chunk)
+    return sum(int(n) for n in pipe.execute())
 
 
 def trim_stream(client: redis.Redis, key: str, maxlen: int, *, approximate: bool) -> int:
@@ -1043,4 +1078,174 @@ def disconnect_relay_user(
         has_errors=False,
         item_kind="",
         consumer_names=(),
+    )
+
+
+# --- Bulk actions on dead letters -----------------------------------------------------------
+
+
+def _search_text(by: SearchBy | None, needle: str) -> str:
+    """Return how a bulk action's search reads in a sentence ("whose type is “x”")."""
+    if by is None:
+        return ""
+    what = {
+        "event_id": "whose event id is",
+        "type": "whose type is",
+        "payload": "whose payload contains",
+        "error": "whose error contains",
+        "id": "with entry id",
+    }[by]
+    return f" {what} “{needle}”"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+@inspector_view(change=True)
+def requeue_matching(
+    request: HttpRequest, model_admin: InspectorAdmin, stream: str
+) -> HttpResponse:
+    """Requeue every dead letter of ``stream``, or every one a search matches (bulk).
+
+    GET asks, showing how many match (at most ``BULK_LIMIT``) and the first ones; POST
+    finds them again (what matches then is what is acted on), requeues them oldest
+    first, ``BULK_CHUNK`` per round trip, and writes one admin log entry for the lot.
+    """
+    return _bulk(request, model_admin, stream, requeue=True)
+
+
+@inspector_view(change=True)
+def delete_matching(request: HttpRequest, model_admin: InspectorAdmin, stream: str) -> HttpResponse:
+    """Delete every dead letter of ``stream``, or every one a search matches (bulk).
+
+    As ``requeue_matching``: GET asks, POST acts on at most ``BULK_LIMIT``, one log entry.
+    """
+    return _bulk(request, model_admin, stream, requeue=False)
+
+
+def _bulk(
+    request: HttpRequest, model_admin: InspectorAdmin, stream: str, *, requeue: bool
+) -> HttpResponse:
+    """Confirm (GET) or run (POST) a bulk requeue or delete of ``stream``'s dead letters."""
+    config = get_config()
+    client = get_redis()
+    prefix = config.key_prefix
+    dlq = dead_letter_name(stream, config.consumers.dead_letter_suffix)
+    title = "Requeue dead letters in bulk" if requeue else "Delete dead letters in bulk"
+    back_url = admin_url(request, "dead_letters", stream=stream)
+    if queries.is_stream(client, prefix=prefix, name=stream):
+        crumbs = stream_crumbs(request, stream, ("Dead letters", back_url), (title, None))
+    else:
+        crumbs = list_crumbs(request, (f"{stream}: dead letters", back_url), (title, None))
+    form = BulkDeadLettersForm(request.POST if request.method == "POST" else request.GET)
+    matching = None
+    searched = ""
+    if form.is_valid():
+        by, needle = form.cleaned_data["by"], form.cleaned_data["q"]
+        matching = matching_ids(
+            client, prefix=prefix, name=dlq, by=by, needle=needle, limit=BULK_LIMIT
+        )
+        searched = _search_text(by, needle)
+    if request.method == "POST" and matching is not None:
+        if not matching.ids:
+            messages.warning(request, f"No dead letter of {dlq}{searched}: nothing was done.")
+            return HttpResponseRedirect(back_url)
+        report = (
+            _requeue_bulk(request, client, config, stream, dlq, matching.ids, searched)
+            if requeue
+            else _delete_bulk(client, prefix, dlq, matching.ids, searched)
+        )
+        if report is None:
+            return HttpResponseRedirect(back_url)
+        if not matching.complete:
+            report = Report(
+                f"{report.message} More may match: run it again for the rest.", report.summary
+            )
+        log_action(request, stream, report.summary, report.message)
+        messages.success(request, report.message)
+        return HttpResponseRedirect(back_url)
+    question = ""
+    items: list[queries.Entry] = []
+    if matching is not None:
+        n = len(matching.ids)
+        found = _count(n, "dead letter", "dead letters")
+        more = ""
+        if not matching.complete:
+            # "All" reads oldest first; a search scans newest first.
+            which = "oldest" if by is None else "newest"
+            more = f" (the {which} {BULK_LIMIT:,}; more remain)"
+        if requeue:
+            question = (
+                f"Requeue {found} of {dlq}{searched}{more}? Each is appended to its original "
+                "stream again (a list consumer's to the end of its list), with the same event "
+                f"id, then removed from {dlq}, oldest first, {BULK_CHUNK:,} per round trip."
+            )
+        else:
+            question = (
+                f"Delete {found} of {dlq}{searched}{more}? Their events are lost: no consumer "
+                "will see them again. This cannot be undone."
+            )
+        if not n:
+            question = f"No dead letter of {dlq}{searched}: there is nothing to do."
+        items = queries.read_entries_by_id(client, prefix=prefix, name=dlq, ids=matching.ids[:20])
+        if n > len(items):
+            question += f" The first {len(items)} are shown."
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/confirm.html",
+        title=title,
+        crumbs=crumbs,
+        form=form,
+        question=question,
+        items=items,
+        ids=[],
+        back_url=back_url,
+        danger=not requeue,
+        has_errors=bool(form.errors) or not (matching and matching.ids),
+        item_kind="entries",
+        consumer_names=(),
+    )
+
+
+def _requeue_bulk(
+    request: HttpRequest,
+    client: redis.Redis,
+    config: BrokerConfig,
+    stream: str,
+    dlq: str,
+    ids: Sequence[str],
+    searched: str,
+) -> Report | None:
+    """Requeue ``ids`` of ``dlq``; return the report, or None when nothing was requeued."""
+    result = requeue_many(client, config, stream=stream, ids=ids)
+    if result.failed or result.missing:
+        problems = [f"{i}: {reason}" for i, reason in result.failed]
+        problems += [f"{i}: no longer in {dlq}" for i in result.missing]
+        more = f" and {len(problems) - 20} more" if len(problems) > 20 else ""
+        messages.error(request, "Not requeued: " + "; ".join(problems[:20]) + more)
+    if not result.requeued:
+        messages.error(request, "Requeue dead letters in bulk failed: no entry was requeued.")
+        return None
+    count = len(result.requeued)
+    targets = _ids_text(sorted({target for _, target, _ in result.requeued}), limit=5)
+    first, last = result.requeued[0], result.requeued[-1]
+    return Report(
+        f"Requeued {_count(count, 'dead letter', 'dead letters')} of {dlq}{searched} to "
+        f"{targets} (same event ids), oldest first: {first[0]} → {first[2]} … "
+        f"{last[0]} → {last[2]}.",
+        f"Requeued {_count(count, 'dead letter', 'dead letters')} of {dlq} to {targets}",
+    )
+
+
+def _delete_bulk(
+    client: redis.Redis, prefix: str, dlq: str, ids: Sequence[str], searched: str
+) -> Report:
+    """Delete ``ids`` of ``dlq``; return the report."""
+    done = delete_many(client, prefixed(prefix, dlq), ids)
+    return Report(
+        f"Deleted {_count(done, 'dead letter', 'dead letters')} of {dlq}{searched}: "
+        f"{ids[0]} … {ids[-1]}.",
+        f"Deleted {_count(done, 'dead letter', 'dead letters')} of {dlq}",
     )

@@ -145,6 +145,88 @@ class PendingFilterForm(forms.Form):
     )
 
 
+#: The ways to search a stream, as the search form offers them.
+SEARCH_CHOICES = [
+    ("event_id", "event id"),
+    ("type", "type"),
+    ("payload", "payload contains"),
+    ("id", "entry id"),
+]
+#: Dead letters can also be searched by their error.
+DEAD_LETTER_SEARCH_CHOICES = [*SEARCH_CHOICES[:3], ("error", "error contains"), SEARCH_CHOICES[3]]
+#: The scan windows offered (entries read per request at most); the first is the default.
+SEARCH_WINDOWS = (100_000, 1_000_000)
+
+
+class SearchForm(forms.Form):
+    """Search a stream by event id, type, payload substring or entry id (GET).
+
+    ``before`` continues an earlier search below that entry ("Search older"). An entry
+    id typed with "event id" selected is looked up as an entry id: an event id (a UUID)
+    never looks like one.
+    """
+
+    q = forms.CharField(label="Find", max_length=1000, required=False, strip=False)
+    by = forms.ChoiceField(label="By", choices=SEARCH_CHOICES, initial="event_id", required=False)
+    window = forms.TypedChoiceField(
+        label="Scan at most",
+        choices=[(n, f"{n:,} entries") for n in SEARCH_WINDOWS],
+        coerce=int,
+        required=False,
+        empty_value=None,
+        help_text="The search stops there and offers to continue with older entries.",
+    )
+    before = EntryIdField(widget=forms.HiddenInput)
+
+    def clean(self) -> dict[str, Any]:
+        """Trim ids (a payload substring keeps its spaces); check an entry id's syntax."""
+        cleaned = super().clean() or {}
+        by = cleaned.get("by") or "event_id"
+        needle: str = cleaned.get("q") or ""
+        if by != "payload" and by != "error":
+            needle = needle.strip()
+        if by == "event_id" and wire.is_entry_id(needle):
+            by = "id"
+        if by == "id" and needle:
+            try:
+                validate_entry_id(needle)
+            except ValidationError as exc:
+                self.add_error("q", exc)
+        cleaned["by"], cleaned["q"] = by, needle
+        return cleaned
+
+
+class DeadLetterSearchForm(SearchForm):
+    """The dead-letters page's search: the stream's ways, and the error's text."""
+
+    by = forms.ChoiceField(
+        label="By", choices=DEAD_LETTER_SEARCH_CHOICES, initial="type", required=False
+    )
+
+
+class BulkDeadLettersForm(forms.Form):
+    """A bulk action on dead letters: all of them, or all matching a search (POST)."""
+
+    by = forms.ChoiceField(choices=DEAD_LETTER_SEARCH_CHOICES, required=False)
+    q = forms.CharField(max_length=1000, required=False, strip=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("by", "q"):
+            self.fields[name].widget = forms.HiddenInput()
+
+    def clean(self) -> dict[str, Any]:
+        """Return the search (``by`` None for "all"), read as the search form reads it."""
+        cleaned = super().clean() or {}
+        search = DeadLetterSearchForm({"by": cleaned.get("by", ""), "q": cleaned.get("q", "")})
+        if not search.is_valid():
+            raise ValidationError([e for errors in search.errors.values() for e in errors])
+        needle = search.cleaned_data["q"]
+        cleaned["by"] = search.cleaned_data["by"] if needle else None
+        cleaned["q"] = needle
+        return cleaned
+
+
 class ConfirmForm(forms.Form):
     """An action without parameters: the form only carries the CSRF token."""
 

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 from django.contrib.admin.sites import AdminSite
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
@@ -57,11 +57,13 @@ View = Callable[Concatenate[HttpRequest, InspectorAdmin, P], HttpResponse]
 Crumbs = list[tuple[str, str | None]]
 
 
-def inspector_view(*, change: bool = False) -> Callable[[View[P]], View[P]]:
+def inspector_view(*, change: bool = False, data: bool = False) -> Callable[[View[P]], View[P]]:
     """Wrap an inspector view: permission check, 503 page on outage, 404 page on a lost key.
 
     ``change=True`` requires ``redis_broker.change_broker`` (for actions, on GET as well,
-    so a user who may not act is never shown a confirmation button).
+    so a user who may not act is never shown a confirmation button). ``data=True`` marks
+    a JSON endpoint polled by the live console: an outage or a lost key answers JSON
+    ``{"error": …}`` with the same status, which the page shows while it backs off.
     """
 
     def decorator(func: View[P]) -> View[P]:
@@ -80,9 +82,15 @@ def inspector_view(*, change: bool = False) -> Callable[[View[P]], View[P]]:
                     try:
                         return func(request, model_admin, *args, **kwargs)
                     except KeyMissing as exc:
+                        if data:
+                            return JsonResponse({"error": str(exc)}, status=404)
                         # Inside translate_errors: the page asks Redis what the key holds.
                         return missing(request, model_admin, exc)
             except BrokerUnavailable as exc:
+                if data:
+                    where = mask_url(get_config().url)
+                    message = f"Redis cannot be reached at {where}: {exc}"
+                    return JsonResponse({"error": message}, status=503)
                 return unavailable(request, model_admin, exc)
 
         return wrapper

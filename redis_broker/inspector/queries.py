@@ -196,6 +196,9 @@ class StreamSummary:
     last_age_ms: int | None
     dead_letters: int  # entries in name + DEAD_LETTER_SUFFIX (0 when it does not exist)
     dead_letter_of: str | None  # for a dead-letter stream: the stream it belongs to
+    # Entries ever added (``XINFO STREAM`` ``entries-added``, Redis 7.0+; None before):
+    # unlike the length, trimming does not lower it, so its change over time is throughput.
+    entries_added: int | None = None
 
     @property
     def first_age(self) -> str:
@@ -226,22 +229,48 @@ class StreamListing:
     truncated: bool  # SCAN found more than MAX_STREAMS
 
 
+def scan_streams(
+    client: redis.Redis, *, prefix: str, limit: int = MAX_STREAMS, max_calls: int | None = None
+) -> tuple[list[bytes], bool]:
+    """Return the keys (bytes, sorted) of up to ``limit`` streams under ``prefix``, and
+    whether there may be more.
+
+    ``SCAN MATCH <prefix>* TYPE stream COUNT 1000``, never ``KEYS``. It stops at
+    ``limit`` streams or after ``max_calls`` SCAN calls (about 1,000 keys looked at per
+    call), so its cost has a bound even in a database of millions of other keys. The
+    second value is True when it stopped early. Keys are bytes so that a name which is
+    not UTF-8 still addresses its key. The overview and ``metrics_view`` both find
+    streams here.
+    """
+    found: dict[bytes, None] = {}  # SCAN may return a key twice
+    match = glob_escape(prefix) + "*"
+    cursor: int = 0
+    calls = 0
+    while True:
+        cursor, batch = client.scan(cursor, match=match, count=1000, _type="stream")
+        calls += 1
+        for reply in batch:
+            key = reply if isinstance(reply, bytes) else reply.encode()
+            if key in found:
+                continue
+            if len(found) >= limit:
+                return sorted(found), True
+            found[key] = None
+        if cursor == 0:
+            return sorted(found), False
+        if max_calls is not None and calls >= max_calls:
+            return sorted(found), True
+
+
 def list_streams(
     client: redis.Redis, *, prefix: str, dead_letter_suffix: str, limit: int = MAX_STREAMS
 ) -> StreamListing:
     """Return the streams under ``prefix`` with their length, groups and entry ages.
 
-    Keys come from ``SCAN MATCH <prefix>* TYPE stream``; their ``XINFO STREAM`` replies
-    are fetched in one pipelined round trip. A key deleted in between is skipped.
+    Keys come from ``scan_streams``; their ``XINFO STREAM`` replies are fetched in one
+    pipelined round trip. A key deleted in between is skipped.
     """
-    keys: list[bytes] = []
-    truncated = False
-    for key in client.scan_iter(match=glob_escape(prefix) + "*", count=1000, _type="stream"):
-        if len(keys) >= limit:
-            truncated = True
-            break
-        keys.append(key)
-    keys.sort()
+    keys, truncated = scan_streams(client, prefix=prefix, limit=limit)
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.xinfo_stream(key)
@@ -275,6 +304,7 @@ def _summary(
         last_age_ms=now - wire.entry_id_ms(last_id) if last_id else None,
         dead_letters=dead_letters,
         dead_letter_of=dead_letter_source(name, dead_letter_suffix),
+        entries_added=_int_or_none(info.get("entries-added")),
     )
 
 
@@ -713,6 +743,44 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    """One group's backlog, as the live overview charts it."""
+
+    group: str
+    lag: int | None  # entries not yet delivered to the group; None when Redis cannot tell
+    pending: int  # delivered, not acknowledged
+
+
+#: Most groups per stream the live overview reports (and charts).
+MAX_CHART_GROUPS = 8
+
+
+def group_lags(
+    client: redis.Redis, *, prefix: str, names: Sequence[str]
+) -> dict[str, list[GroupLag]]:
+    """Return the groups of each stream in ``names`` with lag and pending counts.
+
+    One pipelined ``XINFO GROUPS`` per stream, one round trip for all of them; a stream
+    that vanished meanwhile has no groups. At most ``MAX_CHART_GROUPS`` per stream.
+    """
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.xinfo_groups(prefixed(prefix, name))
+    result: dict[str, list[GroupLag]] = {}
+    for name, reply in zip(names, pipe.execute(raise_on_error=False), strict=True):
+        groups = reply if isinstance(reply, list) else []
+        result[name] = [
+            GroupLag(
+                group=wire.reply_text(g["name"], "replace"),
+                lag=_int_or_none(g.get("lag")),
+                pending=int(g.get("pending", 0)),
+            )
+            for g in groups[:MAX_CHART_GROUPS]
+        ]
+    return result
+
+
 def get_group(client: redis.Redis, *, prefix: str, name: str, group: str) -> GroupInfo:
     """Return one group of the stream; ``KeyMissing`` when the stream or group is gone."""
     for info in list_groups(client, prefix=prefix, name=name):
@@ -862,6 +930,143 @@ def read_workers(client: redis.Redis, *, prefix: str) -> list[WorkerInfo]:
         pipe.hget(worker_key(prefix, wire.reply_text(name, "replace")), "info")
     found = [decode_worker_info(raw) for raw in pipe.execute() if raw is not None]
     return sorted((info for info in found if info is not None), key=lambda info: info.name)
+
+
+#: Most workers the workers page lists (the heartbeat index is read with this LIMIT).
+MAX_WORKERS = 500
+#: What a heartbeat says of each consumer that the workers page shows in its own columns;
+#: any other key (a newer worker's) is shown as "key: value" beside them.
+_SERVED_KEYS = {
+    "kind",
+    "name",
+    "stream",
+    "group",
+    "list",
+    "pattern",
+    "subscription",
+    "is_pattern",
+    "in_flight",
+    "oldest_call_s",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServedConsumer:
+    """One consumer a live worker runs, as its heartbeat describes it."""
+
+    kind: str  # "stream", "list", "channel", or what a newer worker says
+    name: str  # the handler's name
+    source: str  # the stream, the list, or the channel pattern it reads
+    group: str  # a stream consumer's group, else ""
+    in_flight: int | None  # its handler calls running now, when the heartbeat says
+    oldest_call_s: float | None  # the age of its longest-running call, when it says
+    extra: list[tuple[str, str]]  # the heartbeat's other keys, for display
+
+    @property
+    def oldest_call(self) -> str:
+        """Return the age of the longest-running call, for display."""
+        return format_duration(None if self.oldest_call_s is None else self.oldest_call_s * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A live ``runconsumers`` process, from its last heartbeat, for the workers page."""
+
+    info: WorkerInfo
+    beat_age_ms: int  # since its last heartbeat
+    expires_in_ms: int  # until its claim expires if it stops beating (3 intervals)
+    consumers: list[ServedConsumer]
+
+    @property
+    def started(self) -> str:
+        """Return when the process started, in the inspector's timestamp format."""
+        return format_timestamp(self.info.started_at * 1000)
+
+    @property
+    def uptime(self) -> str:
+        """Return how long ago the process started, for display."""
+        return format_duration(max(0.0, self.info.beat_at - self.info.started_at) * 1000)
+
+    @property
+    def beat_age(self) -> str:
+        """Return the time since the last heartbeat, for display."""
+        return format_duration(self.beat_age_ms)
+
+    @property
+    def expires_in(self) -> str:
+        """Return the time left before the heartbeat expires, for display."""
+        return format_duration(self.expires_in_ms)
+
+    @property
+    def oldest_call(self) -> str:
+        """Return the age of the process's longest-running handler call, for display."""
+        age = self.info.oldest_call_s
+        return format_duration(None if age is None else age * 1000)
+
+
+def _served(consumer: Mapping[str, Any]) -> ServedConsumer:
+    """Return a heartbeat's description of one consumer, whatever version wrote it."""
+    source = consumer.get("stream") or consumer.get("list") or consumer.get("pattern") or ""
+    oldest = consumer.get("oldest_call_s")
+    return ServedConsumer(
+        kind=str(consumer.get("kind", "")),
+        name=str(consumer.get("name", "")),
+        source=str(source),
+        group=str(consumer.get("group") or ""),
+        in_flight=_int_or_none(consumer.get("in_flight")),
+        oldest_call_s=float(oldest) if isinstance(oldest, (int, float)) else None,
+        extra=[
+            _served_extra(str(k), v)
+            for k, v in consumer.items()
+            if k not in _SERVED_KEYS and v not in (None, "", [], {})
+        ],
+    )
+
+
+def _served_extra(key: str, value: Any) -> tuple[str, str]:
+    """Return another key of a consumer's heartbeat for display: "progress age", "152 ms".
+
+    A number under a key ending in ``_s`` is a duration in seconds; the rest is shown as
+    its JSON text, on one line.
+    """
+    if key.endswith("_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return key[:-2].replace("_", " "), format_duration(value * 1000)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return key.replace("_", " "), one_line(text, 80)
+
+
+def read_worker_rows(
+    client: redis.Redis, *, prefix: str, limit: int = MAX_WORKERS
+) -> list[WorkerRow]:
+    """Return the live workers for the workers page: each heartbeat's info and expiry.
+
+    Like ``read_workers`` (read-only, no pruning), with the index's scores: when each
+    claim expires. A worker killed with ``kill -9`` drops out of this list once its
+    claim expires, three heartbeat intervals after its last beat.
+    """
+    now = time.time()
+    ranked: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        workers_key(prefix), now, "+inf", start=0, num=limit, withscores=True
+    )
+    if not ranked:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name, _ in ranked:
+        pipe.hget(worker_key(prefix, wire.reply_text(name, "replace")), "info")
+    rows = []
+    for (_, expires), raw in zip(ranked, pipe.execute(), strict=True):
+        info = decode_worker_info(raw) if raw is not None else None
+        if info is None:
+            continue
+        rows.append(
+            WorkerRow(
+                info=info,
+                beat_age_ms=max(0, int((now - info.beat_at) * 1000)),
+                expires_in_ms=max(0, int((float(expires) - now) * 1000)),
+                consumers=[_served(c) for c in info.consumers if isinstance(c, Mapping)],
+            )
+        )
+    return sorted(rows, key=lambda row: row.info.name)
 
 
 @dataclass(frozen=True, slots=True)

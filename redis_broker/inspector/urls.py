@@ -27,6 +27,9 @@ _L = "lists/<str:stream>/"
 ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     # The same page as the model's changelist, under the inspector's naming scheme.
     ("", views.overview, "index"),
+    ("live/", views.overview_live, "overview_live"),
+    ("workers/", views.workers, "workers"),
+    ("workers/live/", views.workers_live, "workers_live"),
     ("pubsub/", views.pubsub, "pubsub"),
     ("pubsub/users/<str:user_id>/disconnect/", actions.disconnect_relay_user, "disconnect_user"),
     ("outbox/", views.outbox, "outbox"),
@@ -41,6 +44,9 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     (_S + "trim/", actions.trim, "trim"),
     (_S + "dead-letters/", views.dead_letters, "dead_letters"),
     (_S + "dead-letters/requeue/", actions.requeue, "requeue"),
+    (_S + "dead-letters/requeue-all/", actions.requeue_matching, "requeue_matching"),
+    (_S + "dead-letters/delete-all/", actions.delete_matching, "delete_matching"),
+    (_S + "search/", views.search, "search"),
     (_S + "groups/", views.groups, "groups"),
     (_S + "create-group/", actions.add_group, "create_group"),
     (_G + "pending/", views.pending, "pending"),

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 
 from ..conf import get_config
 from ..connection import get_redis, mask_url, translate_errors
@@ -22,7 +23,7 @@ from ..outbox import backlog
 from ..relay import channel_layer_prefixes
 from ..relay.status import read_relays
 from . import queries
-from .forms import EntryFilterForm, PendingFilterForm
+from .forms import DeadLetterSearchForm, EntryFilterForm, PendingFilterForm, SearchForm
 from .pages import (
     InspectorAdmin,
     admin_url,
@@ -34,6 +35,7 @@ from .pages import (
     stream_crumbs,
     with_query,
 )
+from .search import SEARCH_WINDOW, SearchResult, search_entries
 
 
 def _filtered(
@@ -45,12 +47,22 @@ def _filtered(
     return form, params, params.get("count") or count
 
 
+#: How often the live pages (overview, workers) ask for fresh figures, in milliseconds.
+#: ``console.js`` doubles the wait after each failure, up to a minute, and stops asking
+#: while the tab is hidden.
+POLL_MS = 3000
+
+
 # --- Pages ----------------------------------------------------------------------------------
 
 
 @inspector_view()
 def overview(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
-    """Show the server's facts and every stream under KEY_PREFIX."""
+    """Show the server's facts and every stream under KEY_PREFIX; the page keeps them live.
+
+    ``console.js`` polls ``overview_live`` (the same reads, as JSON) every ``POLL_MS``,
+    updates the figures in place and charts each stream's throughput and group lag.
+    """
     config = get_config()
     client = get_redis()
     return render(
@@ -67,7 +79,100 @@ def overview(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
         ),
         redis_url=mask_url(config.url),
         outbox=backlog(),
+        live_url=admin_url(request, "overview_live"),
+        poll_ms=POLL_MS,
+        poll_s=POLL_MS / 1000,
     )
+
+
+@inspector_view(data=True)
+def overview_live(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
+    """Return the overview's figures as JSON, for the page to update itself (GET, read-only).
+
+    The overview's reads (``INFO``, ``SCAN … TYPE stream`` with pipelined ``XINFO
+    STREAM``, the outbox count) plus one pipelined ``XINFO GROUPS`` per stream for the
+    groups' lag and pending counts; bounded like the page (``MAX_STREAMS`` streams,
+    ``MAX_CHART_GROUPS`` groups each). ``added`` is ``entries-added`` (Redis 7.0+; null
+    before), from which the page works out entries added per second.
+    """
+    config = get_config()
+    client = get_redis()
+    server = queries.server_info(client)
+    listing = queries.list_streams(
+        client, prefix=config.key_prefix, dead_letter_suffix=config.consumers.dead_letter_suffix
+    )
+    lags = queries.group_lags(
+        client, prefix=config.key_prefix, names=[s.name for s in listing.streams]
+    )
+    return JsonResponse(
+        {
+            "at": queries.now_ms(),
+            "server": {
+                "used_memory_human": server.used_memory_human,
+                "connected_clients": server.connected_clients,
+                "uptime": server.uptime_display,
+            },
+            "streams": [
+                {
+                    "name": s.name,
+                    "length": s.length,
+                    "added": s.entries_added,
+                    "groups": s.groups,
+                    "dead_letters": s.dead_letters,
+                    "dead_letter_of": s.dead_letter_of,
+                    "first_id": s.first_id,
+                    "first_time": s.first_time,
+                    "first_age": s.first_age,
+                    "last_id": s.last_id,
+                    "last_time": s.last_time,
+                    "last_age": s.last_age,
+                    "lag": [
+                        {"group": g.group, "lag": g.lag, "pending": g.pending}
+                        for g in lags.get(s.name, [])
+                    ],
+                }
+                for s in listing.streams
+            ],
+            "truncated": listing.truncated,
+            "outbox": backlog().count,
+        }
+    )
+
+
+@inspector_view()
+def workers(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
+    """Show every live ``runconsumers`` worker from its heartbeat; the page keeps it live.
+
+    A worker killed without a word drops out once its heartbeat expires (three
+    ``HEARTBEAT_INTERVAL``s after its last beat). ``console.js`` polls ``workers_live``.
+    """
+    rows = queries.read_worker_rows(get_redis(), prefix=get_config().key_prefix)
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/workers.html",
+        title="Workers",
+        crumbs=[("Workers", None)],
+        workers=rows,
+        max_workers=queries.MAX_WORKERS,
+        live_url=admin_url(request, "workers_live"),
+        poll_ms=POLL_MS,
+        poll_s=POLL_MS / 1000,
+    )
+
+
+@inspector_view(data=True)
+def workers_live(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
+    """Return the workers table's rows as JSON: the count and the rows' HTML, escaped.
+
+    The rows are rendered by the page's own template fragment, so the page and its
+    updates cannot differ, and every value a heartbeat holds is escaped on the server.
+    """
+    rows = queries.read_worker_rows(get_redis(), prefix=get_config().key_prefix)
+    html = render_to_string(
+        "redis_broker/admin/_worker_rows.html", {"workers": rows}, request=request
+    )
+    return JsonResponse({"at": queries.now_ms(), "count": len(rows), "html": html})
 
 
 @inspector_view()
@@ -106,6 +211,65 @@ def stream(request: HttpRequest, model_admin: InspectorAdmin, stream: str) -> Ht
         page=page,
         form=form,
         **pager_urls(here, keep, page),
+    )
+
+
+def _search(
+    request: HttpRequest, form: SearchForm, *, prefix: str, name: str, here: str
+) -> tuple[SearchResult | None, str | None]:
+    """Run the search a valid ``form`` asks for on stream ``name``; return it and "older" URL.
+
+    No search (an empty box, an invalid form) gives ``(None, None)``.
+    """
+    if not form.is_valid() or not form.cleaned_data["q"]:
+        return None, None
+    params = form.cleaned_data
+    result = search_entries(
+        get_redis(),
+        prefix=prefix,
+        name=name,
+        by=params["by"],
+        needle=params["q"],
+        before=params.get("before") or None,
+        window=params.get("window") or SEARCH_WINDOW,
+    )
+    older = None
+    if result.older:
+        keep = {"q": request.GET.get("q", ""), "by": params["by"], "window": result.window}
+        older = with_query(here, {**keep, "before": result.older})
+    return result, older
+
+
+@inspector_view()
+def search(request: HttpRequest, model_admin: InspectorAdmin, stream: str) -> HttpResponse:
+    """Search a stream by event id, type, payload substring or entry id, newest first.
+
+    Bounded: at most the chosen window of entries is read per request (``search``
+    module), with a "Search older" link that continues below the last entry scanned.
+    """
+    config = get_config()
+    summary = queries.stream_summary(
+        get_redis(),
+        prefix=config.key_prefix,
+        name=stream,
+        dead_letter_suffix=config.consumers.dead_letter_suffix,
+    )
+    form = SearchForm(request.GET or None)
+    here = admin_url(request, "search", stream=stream)
+    result, older_url = _search(request, form, prefix=config.key_prefix, name=stream, here=here)
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/search.html",
+        title=f"Search {stream}",
+        crumbs=stream_crumbs(request, stream, ("Search", None)),
+        tab="search",
+        stream=stream,
+        summary=summary,
+        form=form,
+        result=result,
+        older_url=older_url,
+        continued=bool(request.GET.get("before")),
     )
 
 
@@ -180,7 +344,14 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
     # An emptied list is no key at all, while an emptied stream stays.
     source = queries.key_type(client, prefix=config.key_prefix, name=stream)
     form, params, count = _filtered(EntryFilterForm, request, 25)
+    here = admin_url(request, "dead_letters", stream=stream)
+    search_form = DeadLetterSearchForm(request.GET if "q" in request.GET else None)
+    result: SearchResult | None = None
+    older_url = None
     try:
+        result, older_url = _search(
+            request, search_form, prefix=config.key_prefix, name=dlq, here=here
+        )
         page = queries.read_entries(
             client,
             prefix=config.key_prefix,
@@ -194,8 +365,12 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
         if source not in ("stream", "list"):
             raise
         page = queries.EntryPage(entries=[], older=None, newer=None)
-    here = admin_url(request, "dead_letters", stream=stream)
+    if result is not None:
+        # The search's matches take the page's place (its own "Search older" pages them).
+        page = queries.EntryPage(entries=result.entries, older=None, newer=None)
     keep = {"count": count}
+    search = search_form.cleaned_data if search_form.is_bound and search_form.is_valid() else {}
+    bulk = {"by": search.get("by", ""), "q": request.GET.get("q", "")} if result else {}
     crumbs = stream_crumbs(request, stream, ("Dead letters", None))
     if source != "stream":
         crumbs = list_crumbs(request, (f"{stream}: dead letters", None))
@@ -210,6 +385,11 @@ def dead_letters(request: HttpRequest, model_admin: InspectorAdmin, stream: str)
         source=source,
         dlq=dlq,
         page=page,
+        search_form=search_form,
+        result=result,
+        search_older_url=older_url,
+        requeue_all_url=with_query(admin_url(request, "requeue_matching", stream=stream), bulk),
+        delete_all_url=with_query(admin_url(request, "delete_matching", stream=stream), bulk),
         **pager_urls(here, keep, page),
     )
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .. import wire
+from .. import tracing, wire
 from ..authorization import PUBLISH, SUBSCRIBE, authorize
 from ..conf import WebsocketSettings, get_config
 from ..exceptions import BrokerUnavailable, MalformedEntry
@@ -304,9 +304,15 @@ class BrokerSocketConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             self.error(FORBIDDEN, channel, detail="you may not publish to this channel")
             return
         try:
-            await abroadcast(
-                channel, content.get("data"), type=self.publish_type, headers=self.publish_headers
-            )
+            # A browser's publish starts a trace (no span is current in a socket's frame
+            # handler); abroadcast writes this span's context into the message.
+            with tracing.producing("broadcast", channel, root=True):
+                await abroadcast(
+                    channel,
+                    content.get("data"),
+                    type=self.publish_type,
+                    headers=self.publish_headers,
+                )
         except BrokerUnavailable as exc:
             logger.warning("A browser publish on %r failed: %s", channel, exc)
             self.error(

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from .. import wire
+from .. import tracing, wire
 from ..backoff import Backoff
 from ..conf import BrokerConfig, get_config
 from ..connection import (
@@ -478,6 +478,8 @@ class Hub:
             self.stats.malformed += 1
             logger.warning("Dropped a message on %r that cannot be decoded: %s", channel, exc)
             return
+        if tracing.ENABLED and message.headers:
+            tracing.delivered(channel, message.headers)  # once per process, not per socket
         text = message_frame(channel, message)
         entry_id = message.id if isinstance(message.id, str) else None
         for sub in tuple(subs):

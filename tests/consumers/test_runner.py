@@ -131,14 +131,20 @@ def test_reject_dead_letters_at_once(redis_client: redis.Redis) -> None:
 
 
 def test_malformed_entry_is_dead_lettered_and_the_next_is_processed(
-    redis_client: redis.Redis,
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Tests that entries without JSON ``data`` never reach the handler nor block the stream."""
+    """Tests that entries without JSON ``data`` never reach the handler nor block the stream.
+
+    The log names each entry by its id as text (``1700000000000-0``), not a bytes repr.
+    """
     bad_json = redis_client.xadd("test.orders", {"data": "{not json"})
     no_data = redis_client.xadd("test.orders", {"body": "x"})
     publish("test.orders", {"n": 1})
-    code, _, _ = run_burst("scripted")
+    with caplog.at_level(logging.INFO, logger="redis_broker"):
+        code, _, _ = run_burst("scripted")
     assert code == 0
+    assert f"entry {bad_json} is malformed" in caplog.text
+    assert "b'" not in caplog.text
     dead = redis_client.xrange(DLQ)
     assert [fields["original_id"] for _, fields in dead] == [bad_json, no_data]
     assert all("MalformedEntry" in fields["error"] for _, fields in dead)

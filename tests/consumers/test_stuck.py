@@ -172,11 +172,25 @@ def test_live_workers_lists_a_running_worker_and_forgets_it_after_it_stops(
     worker.wait_for_line("Running")
     info = asyncio.run(names())["mailer-7"]
     assert info.pid == worker.pid
-    assert info.consumers == [
-        {"kind": "stream", "name": "scripted", "stream": "test.orders", "group": "workers"}
-    ]
+    [consumer] = info.consumers
+    progress_age = consumer.pop("progress_age_s")
+    assert consumer == {
+        "kind": "stream",
+        "name": "scripted",
+        "stream": "test.orders",
+        "group": "workers",
+        "in_flight": 0,
+        "oldest_call_s": None,
+        "live": True,
+        "ready": True,
+        "problem": None,
+    }
+    assert 0 <= progress_age < 5
     first_beat = info.beat_at
     wait_for(lambda: asyncio.run(names())["mailer-7"].beat_at > first_beat, message="a beat")
+    # The claim is written before the groups exist ("starting"); beats after it are ready.
+    later = asyncio.run(names())["mailer-7"]
+    assert (later.live, later.ready, later.problems) == (True, True, ())
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output
     assert "mailer-7" not in asyncio.run(names())

@@ -37,7 +37,11 @@ PAGES = [
     ("pubsub", {}),
     ("outbox", {}),
     ("lists", {}),
+    ("workers", {}),
+    ("search", {"stream": STREAM}),
 ]
+#: The live console's JSON endpoints, as (URL name, kwargs).
+LIVE = [("overview_live", {}), ("workers_live", {})]
 
 
 def url(name: str, **kwargs: str) -> str:

@@ -10,7 +10,7 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 from django.urls import reverse
 
-from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, PAGES, STREAM, Seeded, snapshot, url
+from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, LIVE, PAGES, STREAM, Seeded, snapshot, url
 
 
 def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str, object]]]:
@@ -34,6 +34,8 @@ def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str,
         ("delete_outbox", {}, {"ids": ["1", "2"]}),
         ("retry_outbox", {}, {"ids": ["1", "2"]}),
         ("send", {}, {"kind": "stream", "name": STREAM, "payload": '{"n": 1}'}),
+        ("requeue_matching", {"stream": STREAM}, {"by": "type", "q": "order.created"}),
+        ("delete_matching", {"stream": STREAM}, {}),
     ]
 
 
@@ -41,7 +43,8 @@ def action_requests(seeded: Seeded) -> list[tuple[str, dict[str, str], dict[str,
 def test_anonymous_user_is_sent_to_admin_login(seeded: Seeded) -> None:
     """Tests that every page and action sends an anonymous visitor to the admin login."""
     client = Client()
-    targets = [url(n, **k) for n, k in PAGES] + [url(n, **k) for n, k, _ in action_requests(seeded)]
+    targets = [url(n, **k) for n, k in [*PAGES, *LIVE]]
+    targets += [url(n, **k) for n, k, _ in action_requests(seeded)]
     for target in targets:
         response = client.get(target)
         assert response.status_code == 302, target
@@ -53,7 +56,7 @@ def test_staff_without_view_permission_is_forbidden(
 ) -> None:
     """Tests that staff without view_broker get 403 on every page and action."""
     client = user_client()
-    for name, kwargs in PAGES:
+    for name, kwargs in [*PAGES, *LIVE]:
         assert client.get(url(name, **kwargs)).status_code == 403, name
     for name, kwargs, data in action_requests(seeded):
         assert client.post(url(name, **kwargs), data).status_code == 403, name
@@ -72,7 +75,7 @@ def test_view_only_user_sees_every_page_without_action_buttons(
     viewer: Client, seeded: Seeded
 ) -> None:
     """Tests that view_broker alone shows every page but no link to any action."""
-    for name, kwargs in PAGES:
+    for name, kwargs in [*PAGES, *LIVE]:
         response = viewer.get(url(name, **kwargs))
         assert response.status_code == 200, name
         body = response.content.decode()

@@ -3,10 +3,11 @@
 Their behaviour is scripted by the payload, so one consumer serves every test:
 ``{"fail_times": n}`` raises on the first n deliveries, ``{"reject": true}`` raises
 ``Reject``, ``{"sleep_ms": m}`` takes m milliseconds (each such call's start and end
-times are appended to ``test:spans``), ``{"stuck": true}`` never returns. Each call is
-counted in
-``test:attempts:<event_id>``; each success is appended to ``test:handled`` as
-``"<event_id> <pid> <delivery_count>"``, so tests can check who handled what, and how often.
+times are appended to ``test:spans``), ``{"stuck": true}`` never returns, and
+``{"block_loop_s": s}`` (async consumer only) blocks the whole event loop for s seconds.
+Each call is counted in ``test:attempts:<event_id>``; each success is appended to
+``test:handled`` as ``"<event_id> <pid> <delivery_count>"``, so tests can check who
+handled what, and how often.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ async def scripted(message: StreamMessage) -> None:
     data = message.data if isinstance(message.data, dict) else {}
     if data.get("stuck"):
         await asyncio.Event().wait()  # never set: a handler stuck forever
+    if block_s := data.get("block_loop_s", 0):
+        time.sleep(block_s)  # noqa: ASYNC251 - the mistake under test: the loop stops
     if sleep_ms := data.get("sleep_ms", 0):
         started = time.time()
         await asyncio.sleep(sleep_ms / 1000)

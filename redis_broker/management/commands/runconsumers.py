@@ -6,6 +6,7 @@ Stream groups (``@stream_consumer``), Pub/Sub channels (``@channel_consumer``) a
 python manage.py runconsumers                      # all consumers, until SIGTERM/Ctrl-C
 python manage.py runconsumers bill orders:mailer   # by name, stream, stream:group, pattern, list
 python manage.py runconsumers --burst              # until nothing new or pending is left
+python manage.py runconsumers --metrics-port 9108  # GET /metrics, /livez, /readyz
 """
 
 from typing import Any
@@ -37,6 +38,8 @@ class Command(BaseCommand):
         add(
             "--no-outbox", dest="relay_outbox", action="store_false", help="do not relay the outbox"
         )
+        add("--metrics-port", type=int, help="serve /metrics, /livez and /readyz on this port")
+        add("--metrics-host", default="127.0.0.1", help="address to serve them on")
 
     def handle(self, *args: str, **options: Any) -> None:
         configure_logging(options["verbosity"])
@@ -48,6 +51,8 @@ class Command(BaseCommand):
                 burst=options["burst"],
                 relay_outbox=options["relay_outbox"],
                 echo=self.stdout.write,
+                metrics_host=options["metrics_host"],
+                metrics_port=options["metrics_port"],
             )
             code = runner.run()
         except (
@@ -56,6 +61,7 @@ class Command(BaseCommand):
             ConsumerNameInUse,
             LookupError,
             ValueError,
+            OSError,  # the metrics port is taken
         ) as exc:
             raise CommandError(str(exc)) from exc
         if code:
