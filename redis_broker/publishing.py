@@ -24,7 +24,7 @@ from .connection import (
 )
 from .metrics.process import count_published
 from .naming import matches_any, prefixed
-from .tracing import producing
+from .tracing import Producing, producing
 
 # XADD and PUBLISH in one atomic step, so the message a browser receives carries the id
 # of the entry it can later replay from, and no reader sees one without the other.
@@ -149,6 +149,13 @@ def _channel(key: str, *, durable: bool) -> str:
     return f"{'durable ' if durable else ''}channel {key!r}"
 
 
+def _message(span: Producing, data: Any, type: str, headers: Mapping[str, Any] | None) -> str:
+    """Encode one Pub/Sub message or list element, in ``span``'s trace and named by it."""
+    event_id = wire.new_event_id()
+    span.message_id(event_id)
+    return wire.encode_message(data, type=type, headers=span.headers(headers), event_id=event_id)
+
+
 def _flat(fields: Mapping[str, str]) -> Iterable[str]:
     return chain.from_iterable(fields.items())
 
@@ -197,11 +204,7 @@ def broadcast(
             with translate_errors(lambda: _channel(keys[0], durable=True)):
                 _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
         else:
-            event_id = wire.new_event_id()
-            span.message_id(event_id)
-            message = wire.encode_message(
-                data, type=type, headers=span.headers(headers), event_id=event_id
-            )
+            message = _message(span, data, type, headers)
             key = prefixed(config.key_prefix, channel)
             with translate_errors(lambda: _channel(key, durable=False)):
                 receivers = get_redis().publish(key, message)
@@ -273,11 +276,7 @@ async def abroadcast(
                 script = get_async_redis().register_script(_DURABLE_BROADCAST)
                 _entry_id, receivers = await script(keys, args)
         else:
-            event_id = wire.new_event_id()
-            span.message_id(event_id)
-            message = wire.encode_message(
-                data, type=type, headers=span.headers(headers), event_id=event_id
-            )
+            message = _message(span, data, type, headers)
             key = prefixed(config.key_prefix, channel)
             async with atranslate_errors(lambda: _channel(key, durable=False)):
                 receivers = await get_async_redis().publish(key, message)
@@ -306,11 +305,7 @@ def push(
     """
     config = get_config()
     with producing("push", list_name) as span:
-        event_id = wire.new_event_id()
-        span.message_id(event_id)
-        element = wire.encode_message(
-            data, type=type, headers=span.headers(headers), event_id=event_id
-        )
+        element = _message(span, data, type, headers)
         key = prefixed(config.key_prefix, list_name)
         with translate_errors(lambda: _list(key)):
             length = int(get_redis().rpush(key, element))
@@ -329,11 +324,7 @@ async def apush(
     """Async twin of :func:`push`."""
     config = get_config()
     with producing("push", list_name) as span:
-        event_id = wire.new_event_id()
-        span.message_id(event_id)
-        element = wire.encode_message(
-            data, type=type, headers=span.headers(headers), event_id=event_id
-        )
+        element = _message(span, data, type, headers)
         key = prefixed(config.key_prefix, list_name)
         async with atranslate_errors(lambda: _list(key)):
             length = int(await get_async_redis().rpush(key, element))

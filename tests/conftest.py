@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 import redis
 
 from redis_broker.connection import aclose_async_redis
+from redis_broker.consumers.runner import ConsumerRunner
+from redis_broker.testing import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -88,6 +91,27 @@ async def close_async_redis() -> AsyncIterator[None]:
     """
     yield
     await aclose_async_redis()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ConsumerRunner]]:
+    """Return ``serve(*specs)``: run a runner with ``specs`` in a thread until the test ends."""
+    running: list[tuple[ConsumerRunner, threading.Thread]] = []
+
+    def start(*specs: Any) -> ConsumerRunner:
+        runner = ConsumerRunner(specs=list(specs), relay_outbox=False, echo=lambda line: None)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        running.append((runner, thread))
+        wait_for(lambda: runner.heartbeat is not None and runner.heartbeat.held, message="up")
+        if runner.subscriber is not None:
+            wait_for(runner.subscriber.subscribed.is_set, message="subscribed")
+        return runner
+
+    yield start
+    for runner, thread in running:
+        runner.stop()
+        thread.join(timeout=15)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

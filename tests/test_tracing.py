@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -59,27 +58,6 @@ def run_burst(*specs: Any) -> int:
     """Run ``specs`` in this process until nothing is left; return the exit status."""
     runner = ConsumerRunner(specs=list(specs), burst=True, relay_outbox=False, echo=lambda _: None)
     return runner.run()
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., ConsumerRunner]]:
-    """Return ``serve(*specs)``: a runner in a thread, stopped when the test ends."""
-    running: list[tuple[ConsumerRunner, threading.Thread]] = []
-
-    def start(*specs: Any) -> ConsumerRunner:
-        runner = ConsumerRunner(specs=list(specs), relay_outbox=False, echo=lambda _: None)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        running.append((runner, thread))
-        wait_for(lambda: runner.heartbeat is not None and runner.heartbeat.held, message="up")
-        if runner.subscriber is not None:
-            wait_for(runner.subscriber.subscribed.is_set, message="subscribed")
-        return runner
-
-    yield start
-    for runner, thread in running:
-        runner.stop()
-        thread.join(timeout=15)
 
 
 def create_invoice(request: HttpRequest) -> HttpResponse:

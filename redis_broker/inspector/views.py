@@ -15,7 +15,7 @@ from django import forms
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
-from ..conf import get_config
+from ..conf import BrokerConfig, get_config
 from ..connection import get_redis, mask_url, translate_errors
 from ..exceptions import BrokerUnavailable
 from ..naming import dead_letter_name
@@ -54,6 +54,16 @@ POLL_MS = 3000
 
 
 # --- Pages ----------------------------------------------------------------------------------
+
+
+def _stream_summary(client: Any, config: BrokerConfig, stream: str) -> queries.StreamSummary:
+    """Return the header figures every page of one stream shows (its tabs)."""
+    return queries.stream_summary(
+        client,
+        prefix=config.key_prefix,
+        name=stream,
+        dead_letter_suffix=config.consumers.dead_letter_suffix,
+    )
 
 
 @inspector_view()
@@ -181,12 +191,7 @@ def stream(request: HttpRequest, model_admin: InspectorAdmin, stream: str) -> Ht
     config = get_config()
     client = get_redis()
     form, params, count = _filtered(EntryFilterForm, request, 25)
-    summary = queries.stream_summary(
-        client,
-        prefix=config.key_prefix,
-        name=stream,
-        dead_letter_suffix=config.consumers.dead_letter_suffix,
-    )
+    summary = _stream_summary(client, config, stream)
     page = queries.read_entries(
         client,
         prefix=config.key_prefix,
@@ -248,12 +253,7 @@ def search(request: HttpRequest, model_admin: InspectorAdmin, stream: str) -> Ht
     module), with a "Search older" link that continues below the last entry scanned.
     """
     config = get_config()
-    summary = queries.stream_summary(
-        get_redis(),
-        prefix=config.key_prefix,
-        name=stream,
-        dead_letter_suffix=config.consumers.dead_letter_suffix,
-    )
+    summary = _stream_summary(get_redis(), config, stream)
     form = SearchForm(request.GET or None)
     here = admin_url(request, "search", stream=stream)
     result, older_url = _search(request, form, prefix=config.key_prefix, name=stream, here=here)
@@ -278,12 +278,7 @@ def groups(request: HttpRequest, model_admin: InspectorAdmin, stream: str) -> Ht
     """Show a stream's consumer groups (pending, lag, last delivered id) and consumers."""
     config = get_config()
     client = get_redis()
-    summary = queries.stream_summary(
-        client,
-        prefix=config.key_prefix,
-        name=stream,
-        dead_letter_suffix=config.consumers.dead_letter_suffix,
-    )
+    summary = _stream_summary(client, config, stream)
     return render(
         request,
         model_admin,

@@ -52,27 +52,6 @@ def fresh_inbox() -> Iterator[None]:
     reset_inbox()
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., ConsumerRunner]]:
-    """Return ``serve(*specs)``: run a runner with ``specs`` in a thread until the test ends."""
-    running: list[tuple[ConsumerRunner, threading.Thread]] = []
-
-    def start(*specs: Any) -> ConsumerRunner:
-        runner = ConsumerRunner(specs=list(specs), relay_outbox=False, echo=lambda line: None)
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        running.append((runner, thread))
-        wait_for(lambda: runner.heartbeat is not None and runner.heartbeat.held, message="up")
-        if runner.subscriber is not None:
-            wait_for(runner.subscriber.subscribed.is_set, message="subscribed")
-        return runner
-
-    yield start
-    for runner, thread in running:
-        runner.stop()
-        thread.join(timeout=15)
-
-
 def doubler(message: StreamMessage) -> Reply:
     """A sync responder: the payload doubled, and a header of its own."""
     return Reply(message.data * 2, headers={"by": "doubler"})
