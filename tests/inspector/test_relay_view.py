@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from redis_broker.testing import wait_for
-from tests.helpers import subprocess_env
+from tests.helpers import closing_db, subprocess_env
 from tests.relay.live_server import LiveServer, session_cookie
 from tests.relay.ws_client import Socket, open_socket
 
@@ -143,9 +143,11 @@ async def test_disconnect_confirms_on_get_then_closes_the_users_sockets_on_post(
         response = operator.get(url("pubsub"))
         return any(u.name == "alice" and u.sockets == 2 for u in response.context["relay"].users)
 
-    await asyncio.to_thread(wait_for, relay_shows_alice, message="alice's 2 sockets on the page")
+    await asyncio.to_thread(
+        wait_for, closing_db(relay_shows_alice), message="alice's 2 sockets on the page"
+    )
     target = url("disconnect_user", user_id=str(alice.pk))
-    page = await asyncio.to_thread(operator.get, target)
+    page = await asyncio.to_thread(closing_db(operator.get), target)
     assert page.status_code == 200
     html = page.content.decode()
     assert "Close every relay socket of user “alice”" in html
@@ -154,7 +156,7 @@ async def test_disconnect_confirms_on_get_then_closes_the_users_sockets_on_post(
         await asyncio.wait_for(asyncio.shield(tabs[0].closed), 0.5)
     assert not await sync_to_async(LogEntry.objects.exists)()
 
-    response = await asyncio.to_thread(operator.post, target)
+    response = await asyncio.to_thread(closing_db(operator.post), target)
     assert response.status_code == 302
     assert response["Location"] == url("pubsub")
     for tab in tabs:

@@ -28,7 +28,7 @@ from redis_broker import wire
 from redis_broker.models import OutboxEvent
 from redis_broker.outbox import OutboxBacklog, OutboxRelay, backlog, store
 from redis_broker.testing import RedisServer, wait_for
-from tests.helpers import manage, subprocess_env
+from tests.helpers import closing_db, manage, subprocess_env
 from tests.testapp.models import Invoice, Order
 
 from .helpers import broker_settings, read_stream
@@ -279,6 +279,7 @@ async def test_a_stuck_row_is_logged_once_with_its_cause_not_at_every_attempt(
     await database_sync_to_async(store)(rows(1, "bad"))
     stop = asyncio.Event()
 
+    @closing_db
     def attempts() -> int:
         return int(OutboxEvent.objects.values_list("attempts", flat=True).get())
 
