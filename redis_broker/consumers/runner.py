@@ -171,6 +171,10 @@ class ConsumerRunner:
             )
             await self._start(client, config)
             self.health.started = True
+            # The claim's beat said "starting"; say "ready" now, not one interval later,
+            # for probeconsumers reading the heartbeat right after a start.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.heartbeat.beat()
             self._announce()
             with self._signals():
                 code = await self._supervise(client, stop, config)

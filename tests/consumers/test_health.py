@@ -153,6 +153,17 @@ def test_a_handler_that_never_returns_turns_livez_503_while_readyz_stays_200(
     assert probe("ready", "--consumer-name", name)[0] == 0
 
 
+def test_the_heartbeat_says_ready_as_soon_as_the_worker_announces_itself(
+    start_worker: Callable[..., Worker],
+) -> None:
+    """Tests that ``probeconsumers ready`` from the heartbeat passes once the worker has
+    printed its consumers, without waiting a heartbeat interval (here an hour)."""
+    worker = start_worker("scripted", HEARTBEAT_INTERVAL=3600.0)
+    name = worker.wait_for_line("Running").split(" as ")[1].rstrip(":")
+    code, line = probe("ready", "--consumer-name", name)
+    assert code == 0, line
+
+
 def test_livez_answers_503_while_a_handler_blocks_the_event_loop(
     start_worker: Callable[..., Worker],
 ) -> None:
