@@ -922,14 +922,33 @@ def read_workers(client: redis.Redis, *, prefix: str) -> list[WorkerInfo]:
     expired yet (``ZRANGEBYSCORE`` on the index), then their info, in one pipelined round
     trip. A claim that expired between the two reads is left out.
     """
-    names = client.zrangebyscore(workers_key(prefix), time.time(), "+inf")
-    if not names:
+    return [info for info, _ in _heartbeats(client, prefix=prefix)]
+
+
+def _heartbeats(
+    client: redis.Redis, *, prefix: str, limit: int | None = None
+) -> list[tuple[WorkerInfo, float]]:
+    """Return each live worker's heartbeat info and when its claim expires, by name.
+
+    Two round trips: the index (names with their expiry as score, at most ``limit``),
+    then every info in one pipeline. Read-only: unlike ``heartbeat.live_workers`` it
+    never prunes the index, since GET never writes.
+    """
+    start = None if limit is None else 0
+    ranked: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        workers_key(prefix), time.time(), "+inf", start=start, num=limit, withscores=True
+    )
+    if not ranked:
         return []
     pipe = client.pipeline(transaction=False)
-    for name in names:
+    for name, _ in ranked:
         pipe.hget(worker_key(prefix, wire.reply_text(name, "replace")), "info")
-    found = [decode_worker_info(raw) for raw in pipe.execute() if raw is not None]
-    return sorted((info for info in found if info is not None), key=lambda info: info.name)
+    found = [
+        (info, float(expires))
+        for (_, expires), raw in zip(ranked, pipe.execute(), strict=True)
+        if raw is not None and (info := decode_worker_info(raw)) is not None
+    ]
+    return sorted(found, key=lambda pair: pair[0].name)
 
 
 #: Most workers the workers page lists (the heartbeat index is read with this LIMIT).
@@ -1045,28 +1064,15 @@ def read_worker_rows(
     claim expires, three heartbeat intervals after its last beat.
     """
     now = time.time()
-    ranked: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
-        workers_key(prefix), now, "+inf", start=0, num=limit, withscores=True
-    )
-    if not ranked:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for name, _ in ranked:
-        pipe.hget(worker_key(prefix, wire.reply_text(name, "replace")), "info")
-    rows = []
-    for (_, expires), raw in zip(ranked, pipe.execute(), strict=True):
-        info = decode_worker_info(raw) if raw is not None else None
-        if info is None:
-            continue
-        rows.append(
-            WorkerRow(
-                info=info,
-                beat_age_ms=max(0, int((now - info.beat_at) * 1000)),
-                expires_in_ms=max(0, int((float(expires) - now) * 1000)),
-                consumers=[_served(c) for c in info.consumers if isinstance(c, Mapping)],
-            )
+    return [
+        WorkerRow(
+            info=info,
+            beat_age_ms=max(0, int((now - info.beat_at) * 1000)),
+            expires_in_ms=max(0, int((expires - now) * 1000)),
+            consumers=[_served(c) for c in info.consumers if isinstance(c, Mapping)],
         )
-    return sorted(rows, key=lambda row: row.info.name)
+        for info, expires in _heartbeats(client, prefix=prefix, limit=limit)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
