@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed$(if $(DJANGO),-django-$(DJANGO))
 CHROMIUM := /usr/bin/chromium
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-postgres lint format typecheck bench chromium clean
+.PHONY: help install demo test test-cluster test-postgres lint format typecheck bench chromium clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,16 @@ demo: install ## Run the demo (daphne + runconsumers) on http://127.0.0.1:8000
 
 test: install chromium lint ## Lint, type-check, then run the whole suite (real Redis, real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The Redis-facing tests, run a second time on a private three-master Redis Cluster
+# (redis-server --cluster-enabled yes; redis-cli --cluster create). The demo's browser
+# tests stay single-node: the demo's presence consumer subscribes to a pattern, which
+# sharded Pub/Sub does not have.
+CLUSTER_TESTS := tests/cluster tests/consumers tests/model_events tests/relay tests/inspector \
+	tests/test_publishing.py tests/test_connection.py tests/test_metrics_view.py
+
+test-cluster: install ## Run the Redis-facing tests again on a private Redis Cluster
+	$(BIN)/python -m pytest --redis-broker-cluster -m "not browser" $(CLUSTER_TESTS) $(PYTEST_ARGS)
 
 test-postgres: install ## Run the database-dependent tests against PostgreSQL (DATABASE_URL)
 	$(BIN)/python -m pytest -m postgres $(PYTEST_ARGS)

@@ -21,6 +21,15 @@ no histogram), interleaved with metrics on, and the ratio (target: on >= 90 % of
     python bench/consume.py            # 100,000 entries
     python bench/consume.py --quick    # 20,000 entries, shorter latency runs
     python bench/consume.py --metrics-cost   # only the metrics on/off comparison
+
+With ``--cluster`` it starts a private three-master Redis Cluster beside its private
+single Redis and measures instead: the same consumers (ours async and sync, the raw
+loop) on both, with the ratio cluster/single node; then three streams, each with a
+consumer, placed on three masters (names chosen by slot) against all three on one
+master (one hash tag), consumed by one process and by three, with the CPU each
+redis-server and the consumer processes used (what limits the rate).
+
+    python bench/consume.py --cluster [--quick]
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -44,6 +54,8 @@ sys.path.insert(0, str(ROOT))
 import django  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
+import redis.asyncio.cluster  # noqa: E402
+import redis.cluster  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 STREAM = "bench.consume"
@@ -53,11 +65,14 @@ PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items":
 FASTSTREAM_PER_MESSAGE_CAP = 20_000
 
 
-def configure(url: str) -> None:
-    """Configure Django minimally: the app, its Redis, no database."""
+def configure(url: str, *, cluster: bool = False) -> None:
+    """Configure Django minimally: the app, its Redis (``cluster``: a cluster), no database."""
+    broker = {"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}}
+    if cluster:
+        broker["CLUSTER"] = True
     settings.configure(
         INSTALLED_APPS=["redis_broker"],
-        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}},
+        REDIS_BROKER=broker,
         DATABASES={},
         LOGGING_CONFIG=None,
     )
@@ -65,24 +80,33 @@ def configure(url: str) -> None:
     logging.getLogger("redis_broker").setLevel(logging.ERROR)  # no "stopping" chatter
 
 
-def prefill(url: str, count: int) -> int:
+def raw_client(url: str, *, cluster: bool = False) -> Any:
+    """Return a sync redis-py client of ``url`` (``cluster``: a cluster client)."""
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+def prefill(url: str, count: int, *, stream: str = STREAM, cluster: bool = False) -> int:
     """Append ``count`` entries in our wire format; return the size of one ``data`` field."""
     from redis_broker import wire
 
-    client = redis.Redis.from_url(url)
+    client = raw_client(url, cluster=cluster)
     data_size = len(wire.dumps(PAYLOAD))
     for start in range(0, count, 1000):
         pipe = client.pipeline(transaction=False)
         for n in range(start, min(count, start + 1000)):
-            pipe.xadd(STREAM, wire.encode_entry({**PAYLOAD, "order_id": n}, type="order.created"))
+            pipe.xadd(stream, wire.encode_entry({**PAYLOAD, "order_id": n}, type="order.created"))
         pipe.execute()
     client.close()
     return data_size
 
 
-def group(url: str, name: str, stream: str = STREAM, start: str = "0") -> None:
+def group(
+    url: str, name: str, stream: str = STREAM, start: str = "0", *, cluster: bool = False
+) -> None:
     """Create consumer group ``name`` at ``start`` (FastStream would create it at ``$``)."""
-    client = redis.Redis.from_url(url)
+    client = raw_client(url, cluster=cluster)
     client.xgroup_create(stream, name, id=start, mkstream=True)
     client.close()
 
@@ -103,10 +127,18 @@ def run_ours(handler: Callable[[Any], Any], name: str, *, metrics: bool = True) 
 
 
 async def run_raw(
-    url: str, name: str, count: int, handler: Callable[[Any], Awaitable[None]]
+    url: str,
+    name: str,
+    count: int,
+    handler: Callable[[Any], Awaitable[None]],
+    *,
+    cluster: bool = False,
 ) -> None:
     """The hand-written loop: XREADGROUP COUNT 100, decode, await the handler, XACK the batch."""
-    client = redis.asyncio.Redis.from_url(url)
+    if cluster:
+        client: Any = redis.asyncio.cluster.RedisCluster.from_url(url)
+    else:
+        client = redis.asyncio.Redis.from_url(url)
     done = 0
     while done < count:
         reply = await client.xreadgroup(name, "raw-1", {STREAM: ">"}, count=100, block=1000)
@@ -383,7 +415,17 @@ def main() -> None:
     parser.add_argument(
         "--metrics-cost", action="store_true", help="only compare metrics on and off"
     )
+    parser.add_argument(
+        "--cluster", action="store_true", help="compare a private Redis Cluster with a single node"
+    )
+    parser.add_argument("--spread-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.spread_child:
+        spread_child(*args.spread_child)
+        return
+    if args.cluster:
+        cluster_main(args.entries or (20_000 if args.quick else 100_000), args.repeat)
+        return
     if args.burst_child:
         burst_child(*args.burst_child)
         return
@@ -503,12 +545,12 @@ def main() -> None:
         )
 
         print(f"Publish-to-handler latency at 2,000 entries/s ({latency_count:,} entries):")
-        for name, measure in [
+        for name, latency in [
             ("ours", latency_ours),
             ("raw", latency_raw),
             ("faststream", latency_faststream),
         ]:
-            p50, p99 = measure(url, 2000, latency_count)
+            p50, p99 = latency(url, 2000, latency_count)
             print(f"  {name:<12} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
 
         metrics_cost(measure, entries, trivial_async, trivial_sync)
@@ -523,6 +565,222 @@ def main() -> None:
         )
     finally:
         server.close()
+
+
+# --- --cluster ---------------------------------------------------------------------------
+
+
+def cluster_main(entries: int, repeat: int) -> None:
+    """Run the ``--cluster`` measurements on a private single Redis and cluster."""
+    from bench.cluster import single_and_cluster
+
+    with single_and_cluster(masters=3) as (single_url, cluster):
+        configure(single_url)
+        same_work(single_url, cluster.url, entries, repeat)
+        spread(cluster, entries, repeat)
+
+
+def same_work(single_url: str, cluster_url: str, entries: int, repeat: int) -> None:
+    """Print ours (async, sync) and the raw loop on one stream, single node against cluster."""
+    from django.test import override_settings
+
+    async def trivial(message: Any) -> None:
+        pass
+
+    def trivial_sync(message: Any) -> None:
+        pass
+
+    targets = {"single": (single_url, False), "cluster": (cluster_url, True)}
+    for url, on_cluster in targets.values():
+        prefill(url, entries, cluster=on_cluster)
+    best: dict[tuple[str, str], float] = {}
+    for attempt in range(repeat):  # single, cluster, single, ...: drift hits both alike
+        for target, (url, on_cluster) in targets.items():
+            broker = {**settings.REDIS_BROKER, "URL": url, "CLUSTER": on_cluster}
+            contenders: list[tuple[str, Callable[[str], Any]]] = [
+                ("ours-async", lambda g: run_ours(trivial, g)),
+                ("ours-sync", lambda g: run_ours(trivial_sync, g)),
+                (
+                    "raw",
+                    lambda g, u=url, c=on_cluster: asyncio.run(
+                        run_raw(u, g, entries, _raw_trivial, cluster=c)
+                    ),
+                ),
+            ]
+            with override_settings(REDIS_BROKER=broker):
+                for name, run in contenders:
+                    group_name = f"{name}-{attempt}"
+                    group(url, group_name, cluster=on_cluster)
+                    wall, _cpu = timed(lambda g=group_name, r=run: r(g))
+                    key = (name, target)
+                    best[key] = max(best.get(key, 0.0), entries / wall)
+    print(
+        f"One stream, {entries:,} entries, single Redis against a 3-master cluster "
+        f"(entries/s, best of {repeat}):"
+    )
+    print(f"  {'':<12} {'single':>10} {'cluster':>10}  cluster/single")
+    for name in ("ours-async", "ours-sync", "raw"):
+        single, on_cluster = best[name, "single"], best[name, "cluster"]
+        print(f"  {name:<12} {single:>10,.0f} {on_cluster:>10,.0f}  {on_cluster / single:6.2f}")
+
+
+async def _raw_trivial(data: Any) -> None:
+    pass
+
+
+def spread(cluster: Any, entries: int, repeat: int) -> None:
+    """Print three streams' consumers on three masters against the same on one master.
+
+    Each layout is consumed by one process (one runner, three consumers) and by three
+    (one consumer each, started and imported before the clock starts). Beside the rate:
+    the CPU each master's redis-server used, and the consumer processes', per second
+    of the run (1.0 = one core busy the whole time).
+    """
+    from django.test import override_settings
+
+    from bench.cluster import masters, names_by_master, names_on_one_master
+
+    per_stream = entries // 3
+    layouts = {
+        "3 masters": names_by_master(cluster, "bench.spread.", 3),
+        "1 master": names_on_one_master("bench.one", 3),
+    }
+    for streams in layouts.values():
+        for stream in streams:
+            prefill(cluster.url, per_stream, stream=stream, cluster=True)
+    nodes = masters(cluster)
+    results: dict[tuple[str, str], tuple[float, float, list[float]]] = {}
+    broker = {**settings.REDIS_BROKER, "URL": cluster.url, "CLUSTER": True}
+    with override_settings(REDIS_BROKER=broker):
+        for attempt in range(repeat):
+            for layout, streams in layouts.items():
+                for mode in ("1 process", "3 processes"):
+                    name = f"spread-{attempt}-{mode[0]}"
+                    for stream in streams:
+                        group(cluster.url, name, stream, cluster=True)
+                    run = _spread_in_process if mode == "1 process" else _spread_in_children
+                    rate, client_cores, server_cores = run(
+                        cluster.url, streams, name, per_stream, nodes
+                    )
+                    if rate > results.get((layout, mode), (0.0, 0.0, []))[0]:
+                        results[layout, mode] = (rate, client_cores, server_cores)
+    print(
+        f"Three streams of {per_stream:,} entries, a consumer each, on 3 masters against "
+        f"1 master (best of {repeat}; CPU in cores busy during the run):"
+    )
+    for mode in ("1 process", "3 processes"):
+        for layout in layouts:
+            rate, client_cores, server_cores = results[layout, mode]
+            servers = " ".join(f"{cores:.2f}" for cores in sorted(server_cores, reverse=True))
+            print(
+                f"  {mode:<11} {layout:<9} {rate:>10,.0f} entries/s   consumers "
+                f"{client_cores:.2f}, redis-servers {servers}"
+            )
+        ratio = results["3 masters", mode][0] / results["1 master", mode][0]
+        verdict = "ok" if ratio >= 1.5 else "MISSED"
+        print(f"  {mode:<11} 3 masters / 1 master {ratio:6.2f}x [>= 1.5] {verdict}")
+    # What limits the rate: CPU per entry on each side, from one process on one master.
+    rate, client_cores, server_cores = results["1 master", "1 process"]
+    client_us, server_us = client_cores / rate * 1e6, sum(server_cores) / rate * 1e6
+    print(
+        f"  CPU per entry: {client_us:.1f} us in the consumer process, {server_us:.1f} us in "
+        f"redis-server: one master on one core keeps up with about {1e6 / server_us:,.0f} "
+        f"entries/s, one consumer process with {1e6 / client_us:,.0f}"
+    )
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(
+        f"  (this machine: {os.cpu_count()} cores for the consumers and every node; "
+        f"load average {load})"
+    )
+
+
+class _Window:
+    """CPU the redis-servers spend over a stretch of wall-clock time."""
+
+    def __init__(self, nodes: list[Any]) -> None:
+        from bench.cluster import cpu_seconds
+
+        self.nodes, self.cpu_seconds = nodes, cpu_seconds
+        self.before, self.started = cpu_seconds(nodes), time.perf_counter()
+
+    def close(self, entries: int, client_cpu: float, ended: float | None = None) -> Any:
+        """Return entries/s, the consumers' cores and each server's cores busy since
+        the start (until ``ended``, a ``perf_counter`` time, or now)."""
+        after = self.cpu_seconds(self.nodes)
+        wall = (ended or time.perf_counter()) - self.started
+        servers = [(a - b) / wall for a, b in zip(after, self.before, strict=True)]
+        return entries / wall, client_cpu / wall, servers
+
+
+def _spread_in_process(
+    url: str, streams: list[str], name: str, per_stream: int, nodes: list[Any]
+) -> tuple[float, float, list[float]]:
+    """Consume ``streams`` with one runner here; return entries/s, its cores and the
+    servers' (see ``_Window``)."""
+    from redis_broker.consumers.registry import StreamConsumerSpec
+    from redis_broker.consumers.runner import ConsumerRunner
+
+    async def trivial(message: Any) -> None:
+        pass
+
+    specs = [
+        StreamConsumerSpec(func=trivial, stream=stream, group=name, name=f"c{i}")
+        for i, stream in enumerate(streams)
+    ]
+    runner = ConsumerRunner(specs=specs, burst=True, relay_outbox=False, echo=lambda line: None)
+    window = _Window(nodes)
+    _wall, cpu = timed(runner.run)
+    return window.close(per_stream * len(streams), cpu)
+
+
+def _spread_in_children(
+    url: str, streams: list[str], name: str, per_stream: int, nodes: list[Any]
+) -> tuple[float, float, list[float]]:
+    """Consume each stream in a process of its own, all started (Django imported) before
+    the clock starts; return entries/s, their cores and the servers' (``_Window``)."""
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--spread-child", url, stream, name],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for stream in streams
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    window = _Window(nodes)
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    cpu, ends = 0.0, []
+    for child in children:
+        out, _ = child.communicate()
+        child_cpu, end = out.strip().splitlines()[-1].split()
+        cpu, ends = cpu + float(child_cpu), [*ends, float(end)]
+    # Until the last child finished consuming; their exits (interpreter teardown) are
+    # not consuming.
+    return window.close(per_stream * len(streams), cpu, max(ends))
+
+
+def spread_child(url: str, stream: str, name: str) -> None:
+    """Consume one stream in burst mode once told to go; print the CPU seconds it took
+    and when it finished (``perf_counter``)."""
+    configure(url, cluster=True)
+    from redis_broker.consumers.registry import StreamConsumerSpec
+    from redis_broker.consumers.runner import ConsumerRunner
+
+    async def trivial(message: Any) -> None:
+        pass
+
+    spec = StreamConsumerSpec(func=trivial, stream=stream, group=name, name="c")
+    runner = ConsumerRunner(specs=[spec], burst=True, relay_outbox=False, echo=lambda line: None)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    _wall, cpu = timed(runner.run)
+    print(cpu, time.perf_counter(), flush=True)  # the parent shares this monotonic clock
 
 
 if __name__ == "__main__":

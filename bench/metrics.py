@@ -14,7 +14,12 @@ Prints the p50 and worst of each, the ratios to the anchor, and our p50 against 
 100 ms target. The difference between the two "ours" lines is ``prometheus_client``
 building and rendering the families (about 1,800 samples for 200 streams).
 
-    python bench/metrics.py [--streams 200] [--repeat 50]
+With ``--cluster`` it starts a private three-master Redis Cluster instead
+(``RedisClusterServer``): the streams spread over the masters, ours reads them with the
+cluster client (a SCAN per master, cluster pipelines split per node), and the anchor
+does the same reads with a bare ``RedisCluster`` client.
+
+    python bench/metrics.py [--streams 200] [--repeat 50] [--cluster]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import django
 import redis
+import redis.cluster
 from django.conf import settings
 
 TARGET_MS = 100.0
@@ -39,7 +45,7 @@ GROUP = "workers"
 ENTRIES = 50
 
 
-def configure(url: str) -> None:
+def configure(url: str, *, cluster: bool = False) -> None:
     """Configure a minimal Django project with the app, auth and an in-memory database."""
     settings.configure(
         DEBUG=False,
@@ -53,7 +59,12 @@ def configure(url: str) -> None:
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         USE_TZ=True,
-        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": None, "METRICS_TOKEN": TOKEN},
+        REDIS_BROKER={
+            "URL": url,
+            "CLUSTER": cluster,
+            "STREAM_MAXLEN": None,
+            "METRICS_TOKEN": TOKEN,
+        },
     )
     django.setup()
 
@@ -61,6 +72,7 @@ def configure(url: str) -> None:
 def fill(client: redis.Redis, streams: int) -> None:
     """Create the streams, groups, pending entries and dead letters (pipelined)."""
     from redis_broker import wire
+    from redis_broker.naming import dead_letter_name
 
     fields = wire.encode_entry({"order_id": 1, "total": "99.90"}, type="order.created")
     pipe = client.pipeline(transaction=False)
@@ -73,27 +85,40 @@ def fill(client: redis.Redis, streams: int) -> None:
         pipe.xreadgroup(GROUP, "worker-2", {stream: ">"}, count=4)
         if n % 10 == 0:
             for _ in range(3):
-                pipe.xadd(stream + ":dlq", fields)  # type: ignore[arg-type]
+                pipe.xadd(dead_letter_name(stream, ":dlq"), fields)  # type: ignore[arg-type]
     pipe.execute()
 
 
-def raw_reads(client: redis.Redis) -> int:
-    """Do the scrape's Redis reads with a bare client; return the groups read."""
+def stream_keys(client: redis.Redis) -> list[bytes]:
+    """Return every stream key: one SCAN walk (per master on a cluster)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return list(client.scan_iter(match="*", count=1000, _type="stream"))
     keys = []
     cursor = 0
     while True:
         cursor, batch = client.scan(cursor, match="*", count=1000, _type="stream")
         keys.extend(batch)
         if cursor == 0:
-            break
-    names = sorted({key[:-4] if key.endswith(b":dlq") else key for key in keys})
+            return keys
+
+
+def raw_reads(client: redis.Redis) -> int:
+    """Do the scrape's Redis reads with a bare client; return the groups read."""
+    from redis_broker.naming import dead_letter_name, dead_letter_source
+
+    names = sorted(
+        {dead_letter_source(key.decode(), ":dlq") or key.decode() for key in stream_keys(client)}
+    )
+    cluster = isinstance(client, redis.cluster.RedisCluster)
     pipe = client.pipeline(transaction=False)
-    pipe.time()
+    if not cluster:
+        pipe.time()
     for key in names:
         pipe.xlen(key)
         pipe.xinfo_groups(key)
-        pipe.xlen(key + b":dlq")
-    replies = pipe.execute()
+        pipe.xlen(dead_letter_name(key, ":dlq"))
+    replies = [client.time()] if cluster else []
+    replies += pipe.execute()
     pipe = client.pipeline(transaction=False)
     groups = 0
     for index, key in enumerate(names):
@@ -121,12 +146,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=200, help="streams, one group each")
     parser.add_argument("--repeat", type=int, default=50, help="scrapes timed per side")
+    parser.add_argument(
+        "--cluster", action="store_true", help="a private three-master Redis Cluster"
+    )
     args = parser.parse_args()
 
-    from redis_broker.testing import RedisServer
+    from redis_broker.testing import RedisClusterServer, RedisServer
 
-    with RedisServer() as server:
-        configure(server.url)
+    server: RedisServer | RedisClusterServer = (
+        RedisClusterServer() if args.cluster else RedisServer()
+    )
+    with server:
+        configure(server.url, cluster=args.cluster)
         from django.core.management import call_command
         from django.test import RequestFactory
         from prometheus_client.parser import text_string_to_metric_families
@@ -136,7 +167,11 @@ def main() -> None:
         from redis_broker.metrics.scrape import read_figures
 
         call_command("migrate", verbosity=0)
-        raw = redis.Redis.from_url(server.url)
+        raw: Any = (
+            redis.cluster.RedisCluster.from_url(server.url)
+            if args.cluster
+            else redis.Redis.from_url(server.url)
+        )
         fill(raw, args.streams)
         request = RequestFactory().get("/broker/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
 
@@ -160,7 +195,9 @@ def main() -> None:
         raw.close()
 
     version = redis.__version__
+    where = "a three-master Redis Cluster" if args.cluster else "one Redis"
     print(f"{args.streams} streams, {groups} groups, {samples} samples ({len(body):,} bytes)")
+    print(f"on {where}")
     print(f"redis-py {version}; {args.repeat} scrapes per side\n")
     print(f"{'':34} {'p50 ms':>8} {'max ms':>8}")
     for label, timings in (

@@ -1,7 +1,8 @@
 """Settings of the demo site, read from the environment with django-environ.
 
-Environment: REDIS_URL, DATABASE_URL (default: SQLite in var/), SECRET_KEY, DEBUG (off
-unless ``DEBUG=1``: the demo shows its own 404 page, as a site would), ALLOWED_HOSTS.
+Environment: REDIS_URL, REDIS_CLUSTER (then REDIS_URL names a cluster node), DATABASE_URL
+(default: SQLite in var/), SECRET_KEY, DEBUG (off unless ``DEBUG=1``: the demo shows its
+own 404 page, as a site would), ALLOWED_HOSTS.
 ``make demo`` starts a private Redis and sets REDIS_URL when it is unset.
 """
 
@@ -18,12 +19,15 @@ env = environ.Env(
     ALLOWED_HOSTS=(list, ["127.0.0.1", "localhost"]),
     SECRET_KEY=(str, "demo-only-insecure-key-change-me-0123456789abcdefghijklmnop"),
     REDIS_URL=(str, "redis://127.0.0.1:6379/0"),
+    REDIS_CLUSTER=(bool, False),
 )
 
 DEBUG = env("DEBUG")
 SECRET_KEY = env("SECRET_KEY")
 ALLOWED_HOSTS = env("ALLOWED_HOSTS")
 REDIS_URL = env("REDIS_URL")
+# REDIS_URL names one node of a Redis Cluster when REDIS_CLUSTER is on (make test-cluster).
+REDIS_CLUSTER = env("REDIS_CLUSTER")
 
 INSTALLED_APPS = [
     "daphne",
@@ -98,6 +102,7 @@ CHANNEL_LAYERS = {
 
 REDIS_BROKER = {
     "URL": REDIS_URL,
+    "CLUSTER": REDIS_CLUSTER,
     "KEY_PREFIX": "",
     "CONSUMERS": {"STATUS_INTERVAL": 10.0},
     # Ticket changes go to a stream; demo_site/demo/consumers.py turns them into

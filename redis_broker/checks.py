@@ -19,6 +19,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from . import conf
 from .conf import (
     MIN_METRICS_TOKEN_LENGTH,
+    W_CROSS_SLOT,
     W_EVICTION,
     W_NO_PASSWORD,
     W_NO_TLS,
@@ -26,6 +27,7 @@ from .conf import (
     W_WEAK_METRICS_TOKEN,
 )
 from .connection import CONNECTION_ERRORS, build_client, mask_url
+from .naming import derived_name, key_slot, prefixed
 from .wire import reply_text
 
 #: Policies that never evict keys; anything else may silently delete streams and groups.
@@ -48,6 +50,66 @@ def check_settings(
         )
         for e in errors
     ]
+
+
+@register(Tags.compatibility, "redis_broker")
+def check_cluster_slots(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """On a Redis Cluster, warn about each consumer whose keys would span hash slots.
+
+    A warning, not an error: one such consumer must not stop ``migrate`` or the web
+    processes; ``runconsumers`` refuses to start it (``refuse_cluster_problems``).
+    """
+    config, errors = conf.validate(conf.raw_setting())
+    if errors or not config.cluster:
+        return []
+    from .consumers.registry import autodiscover
+
+    return cluster_problems(config, autodiscover())
+
+
+def cluster_problems(config: conf.BrokerConfig, specs: Sequence[Any]) -> list[CheckMessage]:
+    """Return a warning for each consumer a cluster cannot run as declared. Pure.
+
+    A consumer with ``output=`` acknowledges its input and appends the output in one
+    script, and a script's keys must share a slot. Its derived keys always do (see
+    ``naming.derived_name``); an output is named by the user, so it must share its
+    input's hash tag. Pattern subscriptions do not exist for sharded Pub/Sub.
+    """
+    if not config.cluster:
+        return []
+    messages: list[CheckMessage] = []
+    for spec in specs:
+        if spec.kind == "channel":
+            if spec.is_pattern:
+                messages.append(
+                    Warning(
+                        f"{spec.path} subscribes to the pattern {spec.subscription!r}; a "
+                        "Redis Cluster delivers channels over sharded Pub/Sub, which has "
+                        "no patterns.",
+                        hint="Name the channels one by one (one consumer each), or consume "
+                        "a stream instead.",
+                        id=W_CROSS_SLOT,
+                    )
+                )
+            continue
+        if spec.output is None:
+            continue
+        source = prefixed(config.key_prefix, spec.source)
+        output = prefixed(config.key_prefix, spec.output)
+        if key_slot(source) != key_slot(output):
+            hinted = derived_name(spec.source, "." + spec.output)  # the input's slot
+            messages.append(
+                Warning(
+                    f"{spec.path} reads {source!r} (slot {key_slot(source)}) and appends "
+                    f"to its output {output!r} (slot {key_slot(output)}) in one atomic "
+                    "step, which a Redis Cluster refuses across slots.",
+                    hint=f"Give the output the input's hash tag, for example output='{hinted}'.",
+                    id=W_CROSS_SLOT,
+                )
+            )
+    return messages
 
 
 def _is_loopback(host: str | None) -> bool:

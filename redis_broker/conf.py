@@ -9,6 +9,7 @@ use ``override_settings`` see their values at once.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
     "SENTINELS": [],  # [("host", 26379), ...]
     "SENTINEL_SERVICE": None,  # master name, required with SENTINELS
     "SENTINEL_OPTIONS": {},  # keyword arguments for the Sentinel connections themselves
+    "CLUSTER": False,  # True: a Redis Cluster; URL names one node (any), STARTUP_NODES more
+    "STARTUP_NODES": [],  # [("host", 7000), ...] tried as well as the URL's node
+    "WAIT_REPLICAS": 0,  # replicas that must hold a published entry before publish() returns
+    "WAIT_TIMEOUT_MS": 1000,  # how long publish() waits for them (WAIT), then WriteRefused
     "SOCKET_TIMEOUT": 5.0,  # seconds; must exceed CONSUMERS["BLOCK_MS"]
     "SOCKET_CONNECT_TIMEOUT": 2.0,  # seconds
     "HEALTH_CHECK_INTERVAL": 15,  # seconds between PINGs on an idle pooled connection
@@ -94,12 +99,14 @@ E_BAD_AUTHORIZER = "redis_broker.E008"
 E_BAD_SENTINEL = "redis_broker.E009"
 E_TIMEOUT_TOO_SHORT = "redis_broker.E010"
 E_UNKNOWN_FIELD = "redis_broker.E011"
+E_BAD_CLUSTER = "redis_broker.E012"
 # W: deployment warnings (``manage.py check --deploy``, see ``checks.py``).
 W_NO_PASSWORD = "redis_broker.W001"
 W_NO_TLS = "redis_broker.W002"
 W_EVICTION = "redis_broker.W003"
 W_UNREACHABLE = "redis_broker.W004"
 W_WEAK_METRICS_TOKEN = "redis_broker.W005"
+W_CROSS_SLOT = "redis_broker.W006"
 
 #: Shortest METRICS_TOKEN that passes ``check --deploy`` without a warning.
 MIN_METRICS_TOKEN_LENGTH = 16
@@ -184,6 +191,10 @@ class BrokerConfig:
     model_events: Mapping[str, ModelEventSettings] = field(default_factory=dict)
     metrics: bool = True
     metrics_token: str | None = None  # None: metrics_view accepts no bearer token
+    cluster: bool = False
+    startup_nodes: tuple[tuple[str, int], ...] = ()
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
 
 @functools.cache
@@ -559,7 +570,17 @@ def validate(raw: Any) -> tuple[BrokerConfig, list[ConfigurationError]]:
         model_events=_validate_model_events(v, top["MODEL_EVENTS"]),
         metrics=v.typed("['METRICS']", top["METRICS"], (bool,), DEFAULTS["METRICS"]),
         metrics_token=_validate_metrics_token(v, top["METRICS_TOKEN"]),
+        cluster=v.typed("['CLUSTER']", top["CLUSTER"], (bool,), default=False),
+        startup_nodes=_validate_nodes(v, top["STARTUP_NODES"]),
+        wait_replicas=v.number(
+            "['WAIT_REPLICAS']", top["WAIT_REPLICAS"], DEFAULTS["WAIT_REPLICAS"]
+        ),
+        wait_timeout_ms=v.number(
+            "['WAIT_TIMEOUT_MS']", top["WAIT_TIMEOUT_MS"], DEFAULTS["WAIT_TIMEOUT_MS"], minimum=1
+        ),
     )
+    if config.cluster:
+        _validate_cluster(v, config)
     if "decode_responses" in config.options:
         v.error(
             "['OPTIONS']['decode_responses']",
@@ -568,6 +589,69 @@ def validate(raw: Any) -> tuple[BrokerConfig, list[ConfigurationError]]:
             hint="Remove it; entries are decoded by redis_broker.wire.",
         )
     return config, v.errors
+
+
+#: The first redis-py whose cluster clients do all this app needs: asyncio cluster
+#: Pub/Sub with sharded channels (the relay, channel consumers) and resubscription of
+#: sharded channels after a failover or slot move.
+MIN_CLUSTER_REDIS_PY = (8, 1)
+
+
+def _validate_nodes(v: _Validator, raw: Any) -> tuple[tuple[str, int], ...]:
+    raw = v.typed("['STARTUP_NODES']", raw, (list, tuple), [])
+    nodes = []
+    for item in raw:
+        if isinstance(item, str) and item.rpartition(":")[2].isdigit():
+            host, _, port = item.rpartition(":")
+            item = (host.strip("[]"), int(port))
+        if (
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], int)
+        ):
+            nodes.append((item[0], item[1]))
+        else:
+            v.error(
+                "['STARTUP_NODES']",
+                f"{item!r} is not a (host, port) pair.",
+                E_BAD_CLUSTER,
+                hint='Write [("10.0.0.2", 7000), "10.0.0.3:7000"].',
+            )
+    return tuple(nodes)
+
+
+def _validate_cluster(v: _Validator, config: BrokerConfig) -> None:
+    """Refuse what a Redis Cluster cannot do: Sentinel, a unix socket, a database other
+    than 0, and a redis-py too old for the cluster clients this app uses."""
+    import redis
+
+    version = tuple(int(part) for part in re.findall(r"\d+", redis.__version__)[:2])
+    if version < MIN_CLUSTER_REDIS_PY:
+        v.error(
+            "['CLUSTER']",
+            f"needs redis-py 8.1 or newer; {redis.__version__} is installed.",
+            E_BAD_CLUSTER,
+            hint="redis-py 8.1 is the first with asyncio cluster Pub/Sub and the sharded "
+            "Pub/Sub fixes the relay and channel consumers need: pip install 'redis>=8.1'.",
+        )
+    if config.sentinels:
+        v.error(
+            "['CLUSTER']",
+            "cannot be combined with SENTINELS: a cluster fails over by itself.",
+            E_BAD_CLUSTER,
+            hint="Remove SENTINELS and SENTINEL_SERVICE, or set CLUSTER to False.",
+        )
+    parts = urlsplit(config.url)
+    if parts.scheme == "unix":
+        v.error("['CLUSTER']", "needs a TCP URL, not a unix socket.", E_BAD_CLUSTER)
+    elif parts.path.strip("/") not in ("", "0"):
+        v.error(
+            "['URL']",
+            f"names database {parts.path.strip('/')}; a cluster has database 0 only.",
+            E_BAD_CLUSTER,
+            hint="Drop the database from the URL, or use /0.",
+        )
 
 
 def _validate_metrics_token(v: _Validator, raw: Any) -> str | None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import redis.asyncio
 
+from .connection import is_cluster
 from .exceptions import ConsumerNameInUse, MalformedEntry
 from .naming import worker_key, workers_key
 from .wire import loads, reply_text
@@ -142,8 +143,8 @@ class Heartbeat:
     async def _write(self, *, ping: bool = False) -> Any:
         """Write the claim (and the index entry); return the holder's info on a clash."""
         pipe = self.client.pipeline(transaction=False)
-        if ping:
-            pipe.ping()
+        if ping and not is_cluster(self.client):  # a cluster pipeline takes no PING; the
+            pipe.ping()  # EVAL below reaches the node all the same
         pipe.eval(_CLAIM, 1, self.key, self.token, self._info(), self.ttl_ms)
         expires = time.time() + self.ttl_ms / 1000
         pipe.zadd(workers_key(self.prefix), {self.name: expires})

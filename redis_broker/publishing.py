@@ -16,20 +16,26 @@ from typing import Any, cast
 from . import wire
 from .conf import BrokerConfig, get_config
 from .connection import (
+    LuaScript,
+    apubsub_publish,
     atranslate_errors,
     execute_batch,
     get_async_redis,
     get_redis,
+    publish_command,
+    pubsub_publish,
     translate_errors,
 )
 from .metrics.process import count_published
 from .naming import matches_any, prefixed
+from .replicas import axadd_and_wait, xadd_and_wait
 from .tracing import Producing, producing
 
 # XADD and PUBLISH in one atomic step, so the message a browser receives carries the id
 # of the entry it can later replay from, and no reader sees one without the other.
-# ARGV[8], when given, is the ``headers`` field (JSON object text).
-_DURABLE_BROADCAST = """
+# ARGV[8], when given, is the ``headers`` field (JSON object text). On a cluster the
+# message goes out with SPUBLISH: the stream and the channel are one key, so one slot.
+_DURABLE_BROADCAST_SOURCE = """
 local fields = {'type', ARGV[2], 'data', ARGV[3], 'event_id', ARGV[4], 'published_at', ARGV[5]}
 if ARGV[8] then
   fields[9] = 'headers'
@@ -38,6 +44,11 @@ end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
 return {id, redis.call('PUBLISH', KEYS[2], ARGV[6] .. id .. ARGV[7])}
 """
+#: The durable broadcast by publish command (``connection.publish_command``).
+_DURABLE_BROADCAST = {
+    command: LuaScript(_DURABLE_BROADCAST_SOURCE.replace("'PUBLISH'", f"'{command}'"))
+    for command in ("PUBLISH", "SPUBLISH")
+}
 
 
 def trim_args(maxlen: int | None) -> dict[str, Any]:
@@ -48,6 +59,27 @@ def trim_args(maxlen: int | None) -> dict[str, Any]:
     if maxlen is None:
         return {}
     return {"maxlen": maxlen, "approximate": True}
+
+
+def _trim(maxlen: int | None) -> tuple[Any, ...]:
+    """Return XADD's trimming arguments (``MAXLEN ~ n``), or none."""
+    return () if maxlen is None else ("MAXLEN", "~", maxlen)
+
+
+def _batch_and_wait(config: BrokerConfig, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Run a batch's XADDs stream by stream, each followed by ``WAIT`` on its node.
+
+    Replies keep the order of ``commands``.
+    """
+    by_key: dict[Any, list[int]] = {}
+    for i, command in enumerate(commands):
+        by_key.setdefault(command[1], []).append(i)
+    replies: list[Any] = [None] * len(commands)
+    for key, indexes in by_key.items():
+        ids = xadd_and_wait(get_redis(), config, key, [commands[i][2:] for i in indexes])
+        for i, entry_id in zip(indexes, ids, strict=True):
+            replies[i] = entry_id
+    return replies
 
 
 def _ids(replies: Iterable[Any]) -> list[str]:
@@ -82,7 +114,13 @@ def publish(
         span.message_id(fields[wire.EVENT_ID])
         key = prefixed(config.key_prefix, stream)
         with translate_errors(lambda: _stream(key)):
-            entry_id = get_redis().xadd(key, cast(Any, fields), **trim_args(config.stream_maxlen))
+            if config.wait_replicas:
+                args = [*_trim(config.stream_maxlen), "*", *_flat(fields)]
+                entry_id = xadd_and_wait(get_redis(), config, key, [args])[0]
+            else:
+                entry_id = get_redis().xadd(
+                    key, cast(Any, fields), **trim_args(config.stream_maxlen)
+                )
     if config.metrics:
         count_published("stream")
     return _ids([entry_id])[0]
@@ -133,7 +171,10 @@ def publish_encoded(
             command = commands[i]
             commands[i] = (*command[:2], *trim, *command[2:])
     with translate_errors(lambda: _stream(*dict.fromkeys(command[1] for command in commands))):
-        ids = _ids(execute_batch(get_redis(), commands))
+        if config.wait_replicas:
+            ids = _ids(_batch_and_wait(config, commands))
+        else:
+            ids = _ids(execute_batch(get_redis(), commands))
     if config.metrics:
         count_published("stream", len(ids))
     return ids
@@ -202,12 +243,14 @@ def broadcast(
             keys, args = _durable_args(config, channel, data, type, span.headers(headers))
             span.message_id(args[3])
             with translate_errors(lambda: _channel(keys[0], durable=True)):
-                _entry_id, receivers = get_redis().register_script(_DURABLE_BROADCAST)(keys, args)
+                client = get_redis()
+                script = _DURABLE_BROADCAST[publish_command(client)]
+                _entry_id, receivers = script.run(client, keys, args)
         else:
             message = _message(span, data, type, headers)
             key = prefixed(config.key_prefix, channel)
             with translate_errors(lambda: _channel(key, durable=False)):
-                receivers = get_redis().publish(key, message)
+                receivers = pubsub_publish(get_redis(), key, message)
     if config.metrics:
         count_published("channel")
     return int(receivers)
@@ -227,9 +270,13 @@ async def apublish(
         span.message_id(fields[wire.EVENT_ID])
         key = prefixed(config.key_prefix, stream)
         async with atranslate_errors(lambda: _stream(key)):
-            entry_id = await get_async_redis().xadd(
-                key, cast(Any, fields), **trim_args(config.stream_maxlen)
-            )
+            if config.wait_replicas:
+                args = [*_trim(config.stream_maxlen), "*", *_flat(fields)]
+                entry_id = (await axadd_and_wait(get_async_redis(), config, key, [args]))[0]
+            else:
+                entry_id = await get_async_redis().xadd(
+                    key, cast(Any, fields), **trim_args(config.stream_maxlen)
+                )
     if config.metrics:
         count_published("stream")
     return _ids([entry_id])[0]
@@ -251,6 +298,13 @@ async def apublish_many(
         span.batch(len(encoded))
         key = prefixed(config.key_prefix, stream)
         async with atranslate_errors(lambda: _stream(key)):
+            if config.wait_replicas:
+                adds = [("*", *_flat(fields)) for fields in encoded]
+                adds[-1] = (*_trim(config.stream_maxlen), *adds[-1])
+                ids = _ids(await axadd_and_wait(get_async_redis(), config, key, adds))
+                if config.metrics:
+                    count_published("stream", len(ids))
+                return ids
             pipe = get_async_redis().pipeline(transaction=False)
             for fields in encoded[:-1]:
                 pipe.xadd(key, cast(Any, fields))
@@ -273,13 +327,14 @@ async def abroadcast(
             keys, args = _durable_args(config, channel, data, type, span.headers(headers))
             span.message_id(args[3])
             async with atranslate_errors(lambda: _channel(keys[0], durable=True)):
-                script = get_async_redis().register_script(_DURABLE_BROADCAST)
-                _entry_id, receivers = await script(keys, args)
+                client = get_async_redis()
+                script = _DURABLE_BROADCAST[publish_command(client)]
+                _entry_id, receivers = await script.arun(client, keys, args)
         else:
             message = _message(span, data, type, headers)
             key = prefixed(config.key_prefix, channel)
             async with atranslate_errors(lambda: _channel(key, durable=False)):
-                receivers = await get_async_redis().publish(key, message)
+                receivers = await apubsub_publish(get_async_redis(), key, message)
     if config.metrics:
         count_published("channel")
     return int(receivers)

@@ -43,15 +43,18 @@ from .conf import SETTING_NAME, BrokerConfig, get_config
 from .connection import (
     CONNECTION_ERRORS,
     LuaScript,
+    apubsub_publish,
     atranslate_errors,
     build_client,
     get_async_redis,
     get_redis,
+    pubsub_publish,
     translate_errors,
 )
 from .exceptions import MalformedEntry, NoResponders, RemoteError, RequestTimeout
 from .metrics import process as metrics
 from .naming import inbox_name, list_consumers_name, prefixed, worker_key
+from .publishing import trim_args
 from .tracing import producing
 
 logger = logging.getLogger("redis_broker.requests")
@@ -91,12 +94,14 @@ class Reply:
 # Append the request only if a group of the stream has a live consumer: one whose worker
 # heartbeat exists (ARGV[3] .. name; our workers, however long their stream was quiet),
 # or, for consumers written without this package, one that touched the stream less
-# than ARGV[1] ms ago. The heartbeat keys are named here, not declared: a Redis Cluster
-# deployment needs them in the stream's slot (issue of the Cluster work).
+# than ARGV[1] ms ago. On a Redis Cluster the heartbeat keys live in other slots, which
+# a script may not touch: ARGV[3] is then '' and the script returns the names of the
+# consumers to look up instead of appending (the caller checks them, then appends).
 _SEND_TO_STREAM = LuaScript("""
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then return false end
 local live = false
+local names = {}
 for _, group in ipairs(groups) do
   local gname
   for i = 1, #group, 2 do if group[i] == 'name' then gname = group[i + 1] end end
@@ -106,14 +111,23 @@ for _, group in ipairs(groups) do
       if consumer[i] == 'name' then cname = consumer[i + 1] end
       if consumer[i] == 'idle' then idle = consumer[i + 1] end
     end
-    if redis.call('EXISTS', ARGV[3] .. cname) == 1 or idle < tonumber(ARGV[1]) then
+    if idle < tonumber(ARGV[1]) then
+      live = true
+      break
+    end
+    if ARGV[3] == '' then
+      names[#names + 1] = cname
+    elseif redis.call('EXISTS', ARGV[3] .. cname) == 1 then
       live = true
       break
     end
   end
   if live then break end
 end
-if not live then return false end
+if not live then
+  if #names > 0 then return names end
+  return false
+end
 if ARGV[2] ~= '' then
   return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
 end
@@ -379,8 +393,41 @@ def responder_idle_ms(config: BrokerConfig) -> int:
 def _stream_args(config: BrokerConfig, fields: Mapping[str, str]) -> list[Any]:
     maxlen = "" if config.stream_maxlen is None else config.stream_maxlen
     flat = [part for item in fields.items() for part in item]
-    heartbeats = worker_key(config.key_prefix, "")  # + a consumer's name
+    # + a consumer's name; none on a cluster, where the script may not read them.
+    heartbeats = "" if config.cluster else worker_key(config.key_prefix, "")
     return [responder_idle_ms(config), maxlen, heartbeats, *flat]
+
+
+def _heartbeats(config: BrokerConfig, names: list[Any]) -> list[str]:
+    return [worker_key(config.key_prefix, wire.reply_text(name)) for name in names]
+
+
+def _sent(client: redis.Redis, config: BrokerConfig, key: str, reply: Any, message: Any) -> bool:
+    """Finish a send to a stream on a cluster: the script listed consumers to look up."""
+    if not isinstance(reply, list):
+        return reply is not None
+    pipe = client.pipeline(transaction=False)
+    for heartbeat in _heartbeats(config, reply):
+        pipe.exists(heartbeat)
+    if not any(pipe.execute()):
+        return False
+    client.xadd(key, message, **trim_args(config.stream_maxlen))
+    return True
+
+
+async def _asent(
+    client: redis.asyncio.Redis, config: BrokerConfig, key: str, reply: Any, message: Any
+) -> bool:
+    """Async twin of :func:`_sent`."""
+    if not isinstance(reply, list):
+        return reply is not None
+    pipe = client.pipeline(transaction=False)
+    for heartbeat in _heartbeats(config, reply):
+        pipe.exists(heartbeat)
+    if not any(await pipe.execute()):
+        return False
+    await client.xadd(key, message, **trim_args(config.stream_maxlen))
+    return True
 
 
 def _send_sync(via: str, destination: str, message: Any) -> bool:
@@ -390,9 +437,10 @@ def _send_sync(via: str, destination: str, message: Any) -> bool:
     client = get_redis()
     with translate_errors():
         if via == "stream":
-            return _SEND_TO_STREAM.run(client, [key], _stream_args(config, message)) is not None
+            reply = _SEND_TO_STREAM.run(client, [key], _stream_args(config, message))
+            return _sent(client, config, key, reply, message)
         if via == "channel":
-            return int(client.publish(key, message)) > 0
+            return pubsub_publish(client, key, message) > 0
         if not _list_has_responders(client, config, destination):
             return False
         client.rpush(key, message)
@@ -405,9 +453,9 @@ async def _send_async(via: str, destination: str, message: Any) -> bool:
     client = get_async_redis()
     if via == "stream":
         reply = await _SEND_TO_STREAM.arun(client, [key], _stream_args(config, message))
-        return reply is not None
+        return await _asent(client, config, key, reply, message)
     if via == "channel":
-        return int(await client.publish(key, message)) > 0
+        return await apubsub_publish(client, key, message) > 0
     names = await client.smembers(prefixed(config.key_prefix, list_consumers_name(destination)))
     if not names:
         return False

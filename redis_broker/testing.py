@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+import redis.cluster
 
 T = TypeVar("T")
 
 __all__ = [
+    "RedisClusterServer",
     "RedisServer",
     "find_redis_server",
     "free_port",
+    "names_by_master",
     "redis_url_or_private",
     "stop_process",
     "wait_for",
@@ -47,6 +50,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """Return a free loopback port whose cluster-bus port (port + 10000) is free too."""
+    for _ in range(1000):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of loopback ports for a cluster node")
 
 
 def wait_for(
@@ -190,6 +208,156 @@ class RedisServer:
         self.close()
 
 
+class RedisClusterServer:
+    """A private Redis Cluster on loopback ports: ``masters`` masters with ``replicas``
+    replicas each, made by ``redis-server --cluster-enabled yes`` and
+    ``redis-cli --cluster create``, with no persistence.
+
+    ``node_timeout_ms`` is ``cluster-node-timeout``: how long a master may be silent
+    before its replica takes over (a failover test kills one with :meth:`kill`).
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 0, *, node_timeout_ms: int = 1000) -> None:
+        self.masters = masters
+        self.replicas = replicas
+        self.servers = [
+            RedisServer(
+                free_cluster_port(),
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    # A replica whose master died takes over however long it was cut off.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ),  # fmt: skip
+            )
+            for _ in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """Return the ``redis://`` URL of the first node (any node finds the others)."""
+        return self.servers[0].url
+
+    @property
+    def ports(self) -> list[int]:
+        """Return every node's port, masters first as created."""
+        return [server.port for server in self.servers]
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start every node, join them into a cluster and return the first node's URL
+        once every node reports ``cluster_state:ok`` and every replica is in sync."""
+        for server in self.servers:
+            server.start()
+        cli = shutil.which("redis-cli") or str(Path(self.servers[0].binary).with_name("redis-cli"))
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        wait_for(self.healthy, timeout=timeout, message="the cluster to be ready")
+        return self.url
+
+    def healthy(self) -> bool:
+        """Return True when every running node sees the cluster ok and its slots covered,
+        and every replica's link to its master is up."""
+        for server in self.servers:
+            if server.process is None:
+                continue
+            client = redis.Redis(port=server.port, socket_connect_timeout=0.5, socket_timeout=1)
+            try:
+                if client.cluster("INFO").get("cluster_state") != "ok":
+                    return False
+                replication = client.info("replication")
+                if replication.get("role") == "slave" and (
+                    replication.get("master_link_status") != "up"
+                ):
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return True
+
+    def master_of(self, key: str) -> RedisServer:
+        """Return the node that serves ``key``'s slot now."""
+        client: Any = redis.cluster.RedisCluster(host="127.0.0.1", port=self._any_port())
+        try:
+            node = client.get_node_from_key(key)
+            return next(server for server in self.servers if server.port == node.port)
+        finally:
+            client.close()
+
+    def spread_names(self, stem: str, count: int = 3) -> list[str]:
+        """Return ``count`` names ``<stem><n>``, served by the masters in turn."""
+        client: Any = redis.cluster.RedisCluster(host="127.0.0.1", port=self._any_port())
+        try:
+            by_master = list(names_by_master(client, stem, -(-count // self.masters)).values())
+        finally:
+            client.close()
+        return [by_master[i % len(by_master)][i // len(by_master)] for i in range(count)]
+
+    def kill(self, server: RedisServer) -> None:
+        """Kill ``server`` at once (SIGKILL: no goodbye to the cluster, as in a crash)."""
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
+            server.process = None
+
+    def _any_port(self) -> int:
+        return next(server.port for server in self.servers if server.process is not None)
+
+    def flush(self) -> None:
+        """Empty every master (tests start from nothing)."""
+        client = redis.cluster.RedisCluster(host="127.0.0.1", port=self._any_port())
+        try:
+            client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Stop every node and remove their working directories."""
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> RedisClusterServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def names_by_master(client: Any, stem: str, per_master: int = 1) -> dict[str, list[str]]:
+    """Return ``per_master`` names ``<stem><n>`` served by each master of a cluster,
+    keyed by the master's ``host:port``; ``client`` is a (sync) ``RedisCluster``.
+
+    For tests that must put keys or channels on every master.
+    """
+    found: dict[str, list[str]] = {node.name: [] for node in client.get_primaries()}
+    n = 0
+    while any(len(names) < per_master for names in found.values()):
+        name = f"{stem}{n}"
+        names = found[client.get_node_from_key(name).name]
+        if len(names) < per_master:
+            names.append(name)
+        n += 1
+    return found
+
+
 @contextlib.contextmanager
 def redis_url_or_private() -> Iterator[str]:
     """Yield ``REDIS_URL`` when it is set, else the URL of a private server stopped after.
@@ -213,6 +381,7 @@ except ImportError:  # the helpers above work without pytest
 
 _STASH_SERVER = "_redis_broker_server"
 _STASH_URL = "_redis_broker_url"
+_STASH_CLUSTER = "_redis_broker_cluster"
 
 
 def _enabled(config: Any) -> bool:
@@ -235,6 +404,13 @@ if pytest is not None:
             help="Give tests a real Redis (REDIS_URL, or a private redis-server) "
             "and an empty database per test.",
         )
+        group.addoption(
+            "--redis-broker-cluster",
+            action="store_true",
+            default=False,
+            help="With --redis-broker: give tests a private three-master Redis Cluster "
+            "instead (REDIS_CLUSTER=1 is exported, and REDIS_BROKER gets CLUSTER=True).",
+        )
         parser.addini("redis_broker", type="bool", default=False, help="Same as --redis-broker.")
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -250,6 +426,15 @@ if pytest is not None:
 
     def _start_session_redis(config: pytest.Config) -> None:
         url = os.environ.get("REDIS_URL")
+        if getattr(config.known_args_namespace, "redis_broker_cluster", False):
+            cluster = RedisClusterServer()
+            url = cluster.start()
+            os.environ["REDIS_URL"] = url
+            os.environ["REDIS_CLUSTER"] = "1"
+            setattr(config, _STASH_SERVER, cluster)
+            setattr(config, _STASH_URL, url)
+            setattr(config, _STASH_CLUSTER, True)
+            return
         if url:
             client = redis.Redis.from_url(url, socket_connect_timeout=2)
             try:
@@ -282,7 +467,17 @@ if pytest is not None:
         if url is None:
             return None
         private = getattr(config, _STASH_SERVER, None) is not None
+        if getattr(config, _STASH_CLUSTER, False):
+            return f"redis_broker: {url} (private three-master Redis Cluster)"
         return f"redis_broker: {url} ({'private redis-server' if private else 'REDIS_URL'})"
+
+    def _is_cluster(config: pytest.Config) -> bool:
+        return bool(getattr(config, _STASH_CLUSTER, False))
+
+    @pytest.fixture(scope="session")
+    def redis_broker_cluster(pytestconfig: pytest.Config) -> bool:
+        """Return True when the session's Redis is a cluster (``--redis-broker-cluster``)."""
+        return _is_cluster(pytestconfig)
 
     @pytest.fixture(scope="session")
     def redis_broker_url(pytestconfig: pytest.Config) -> str:
@@ -293,11 +488,32 @@ if pytest is not None:
         return str(url)
 
     @pytest.fixture
-    def redis_client(redis_broker_url: str) -> Iterator[redis.Redis]:
-        """Return a plain redis-py client (text replies) on the test database."""
-        client = redis.Redis.from_url(redis_broker_url, decode_responses=True)
+    def redis_client(redis_broker_url: str, redis_broker_cluster: bool) -> Iterator[redis.Redis]:
+        """Return a plain redis-py client (text replies) on the test database: a cluster
+        client on a cluster, which routes each command to its key's node."""
+        client: Any
+        if redis_broker_cluster:
+            client = redis.cluster.RedisCluster.from_url(redis_broker_url, decode_responses=True)
+        else:
+            client = redis.Redis.from_url(redis_broker_url, decode_responses=True)
         yield client
         client.close()
+
+    @pytest.fixture
+    def redis_cluster_factory() -> Iterator[Callable[..., RedisClusterServer]]:
+        """Return a factory of started private clusters (``masters``, ``replicas``), all
+        stopped after the test: for failover tests, which kill nodes."""
+        clusters: list[RedisClusterServer] = []
+
+        def make(masters: int = 3, replicas: int = 0) -> RedisClusterServer:
+            cluster = RedisClusterServer(masters, replicas)
+            clusters.append(cluster)
+            cluster.start()
+            return cluster
+
+        yield make
+        for cluster in clusters:
+            cluster.close()
 
     @pytest.fixture
     def redis_server_factory() -> Iterator[Callable[[], RedisServer]]:
@@ -321,8 +537,11 @@ if pytest is not None:
         if url is None or not _enabled(request.config):
             yield
             return
-        _flush(url)
-        with _broker_url_override(url):
+        if _is_cluster(request.config):
+            getattr(request.config, _STASH_SERVER).flush()
+        else:
+            _flush(url)
+        with _broker_url_override(url, cluster=_is_cluster(request.config)):
             yield
 
     def _flush(url: str) -> None:
@@ -333,8 +552,9 @@ if pytest is not None:
             client.close()
 
     @contextlib.contextmanager
-    def _broker_url_override(url: str) -> Iterator[None]:
-        """Override ``REDIS_BROKER["URL"]`` only when it differs, to keep clients cached."""
+    def _broker_url_override(url: str, *, cluster: bool = False) -> Iterator[None]:
+        """Override ``REDIS_BROKER["URL"]`` (and ``CLUSTER``) only when they differ, to
+        keep clients cached."""
         from django.conf import settings
         from django.test import override_settings
 
@@ -342,8 +562,9 @@ if pytest is not None:
             yield
             return
         current = getattr(settings, "REDIS_BROKER", None) or {}
-        if isinstance(current, dict) and current.get("URL") == url:
+        wanted = {"URL": url, **({"CLUSTER": True} if cluster else {})}
+        if isinstance(current, dict) and all(current.get(k) == v for k, v in wanted.items()):
             yield
             return
-        with override_settings(REDIS_BROKER={**current, "URL": url}):
+        with override_settings(REDIS_BROKER={**current, **wanted}):
             yield

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import pytest
 from django.db import connection, connections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,3 +72,16 @@ def manage(
         text=True,
         **popen,
     )
+
+
+def broker_url(url: str) -> dict[str, object]:
+    """Return the ``REDIS_BROKER`` keys that point at the session's Redis: its URL, and
+    ``CLUSTER`` when the session runs on a cluster (``make test-cluster``)."""
+    return {"URL": url, **({"CLUSTER": True} if os.environ.get("REDIS_CLUSTER") == "1" else {})}
+
+
+#: Marks a test of single-node internals (one connection's writes, one server's config)
+#: that ``make test-cluster`` skips; every other Redis-facing test runs on both.
+single_node_only = pytest.mark.skipif(
+    os.environ.get("REDIS_CLUSTER") == "1", reason="tests a single-node code path"
+)

@@ -9,6 +9,7 @@ from django.test import override_settings
 from redis_broker import conf
 from redis_broker.connection import get_redis
 from redis_broker.exceptions import ConfigurationError
+from tests.helpers import broker_url
 
 
 def test_absent_setting_gives_the_documented_defaults() -> None:
@@ -34,7 +35,7 @@ def test_override_settings_is_seen_at_once(redis_broker_url: str) -> None:
     """Tests that the cached config and client are rebuilt when REDIS_BROKER changes."""
     before = conf.get_config()
     client_before = get_redis()
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "KEY_PREFIX": "t1:"}):
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "KEY_PREFIX": "t1:"}):
         assert conf.get_config().key_prefix == "t1:"
         assert get_redis() is not client_before
     assert conf.get_config() == before

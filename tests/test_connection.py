@@ -20,6 +20,7 @@ from redis_broker.connection import (
     mask_url,
 )
 from redis_broker.testing import RedisServer, free_port, wait_for
+from tests.helpers import broker_url, single_node_only
 
 
 def test_mask_url_hides_only_the_password() -> None:
@@ -110,7 +111,7 @@ def test_unix_socket_url_connects(redis_server_factory: Callable[[], RedisServer
 def test_options_are_passed_to_the_pool(redis_broker_url: str) -> None:
     """Tests that OPTIONS reach redis-py (here: the client name Redis reports)."""
     with override_settings(
-        REDIS_BROKER={"URL": redis_broker_url, "OPTIONS": {"client_name": "billing-web"}}
+        REDIS_BROKER={**broker_url(redis_broker_url), "OPTIONS": {"client_name": "billing-web"}}
     ):
         client = get_redis()
         client.ping()
@@ -130,6 +131,7 @@ def test_client_survives_a_redis_restart(redis_server_factory: Callable[[], Redi
         assert get_redis().xlen("orders") == 1  # the restarted Redis kept nothing
 
 
+@single_node_only
 def test_execute_batch_sends_commands_in_a_few_writes_and_returns_replies_in_order(
     redis_client: redis.Redis, sends: list[int]
 ) -> None:
@@ -146,6 +148,7 @@ def test_execute_batch_sends_commands_in_a_few_writes_and_returns_replies_in_ord
     assert [entry_id.encode() for entry_id, _fields in entries] == replies
 
 
+@single_node_only
 def test_execute_batch_reads_every_reply_before_raising_a_command_error(
     redis_client: redis.Redis,
 ) -> None:
@@ -166,6 +169,7 @@ def test_execute_batch_reads_every_reply_before_raising_a_command_error(
     assert client.client_id() == connection_id
 
 
+@single_node_only
 def test_execute_batch_resends_a_batch_whose_connection_dropped(redis_client: redis.Redis) -> None:
     """Tests that a connection lost in the middle of a batch is retried on a new one.
 
@@ -192,7 +196,7 @@ async def test_a_settings_change_leaves_the_loops_async_client_for_aclose_to_clo
     closed by ``aclose_async_redis()`` on that loop, not left to the garbage collector."""
     replaced = get_async_redis()
     connection_id = await replaced.client_id()
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "KEY_PREFIX": "other:"}):
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "KEY_PREFIX": "other:"}):
         assert get_async_redis() is not replaced
     await aclose_async_redis()
 

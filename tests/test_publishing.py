@@ -22,6 +22,27 @@ from redis_broker import (
 )
 from redis_broker.exceptions import BrokerUnavailable, WriteRefused
 from redis_broker.testing import RedisServer, wait_for
+from tests.helpers import broker_url
+
+
+def listen(client: Any, channel: str) -> tuple[Any, Callable[[], Any]]:
+    """Subscribe ``channel`` as another service would, once Redis confirmed; return the
+    Pub/Sub object and a function returning its next message (or None). On a cluster
+    broadcast() uses SPUBLISH, so this uses SSUBSCRIBE there."""
+    pubsub = client.pubsub()
+    if hasattr(client, "get_primaries"):  # a cluster client
+        pubsub.ssubscribe(channel)
+
+        def next_message() -> Any:
+            return pubsub.get_sharded_message(timeout=0.1)
+    else:
+        pubsub.subscribe(channel)
+
+        def next_message() -> Any:
+            return pubsub.get_message(timeout=0.1)
+
+    wait_for(next_message, message="subscribe confirmation")
+    return pubsub, next_message
 
 
 def test_published_entry_is_readable_with_plain_redis_py(redis_client: redis.Redis) -> None:
@@ -69,15 +90,13 @@ def test_key_prefix_applies_to_streams_and_channels(
     redis_client: redis.Redis, redis_broker_url: str
 ) -> None:
     """Tests that KEY_PREFIX is prepended to stream keys and Pub/Sub channels."""
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe("svc-a:chat.lobby")
-    wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscribe confirmation")
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "KEY_PREFIX": "svc-a:"}):
+    pubsub, next_message = listen(redis_client, "svc-a:chat.lobby")
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "KEY_PREFIX": "svc-a:"}):
         publish("orders", 1)
         assert broadcast("chat.lobby", {"text": "hi"}) == 1
     assert redis_client.xlen("svc-a:orders") == 1
     assert redis_client.exists("orders") == 0
-    message = wait_for(lambda: pubsub.get_message(timeout=0.1), message="broadcast")
+    message = wait_for(next_message, message="broadcast")
     assert json.loads(message["data"])["data"] == {"text": "hi"}
     pubsub.close()
 
@@ -86,9 +105,13 @@ def test_key_prefix_applies_to_streams_and_channels(
 def stream_node_size(redis_client: redis.Redis) -> Iterator[Callable[[int], None]]:
     """Let a test set ``stream-node-max-entries`` (approximate trimming drops whole nodes,
     so small nodes make the bounds tight); the server's value is restored afterwards."""
-    original = redis_client.config_get("stream-node-max-entries")["stream-node-max-entries"]
-    yield lambda size: redis_client.config_set("stream-node-max-entries", size)
-    redis_client.config_set("stream-node-max-entries", original)
+    every: dict[str, object] = (
+        {"target_nodes": "all"} if hasattr(redis_client, "get_primaries") else {}
+    )  # a cluster client sets it on every node
+    name = "stream-node-max-entries"
+    original = redis_client.config_get(name)[name]
+    yield lambda size: redis_client.config_set(name, size, **every)  # type: ignore[arg-type]
+    redis_client.config_set(name, original, **every)  # type: ignore[arg-type]
 
 
 def test_streams_are_trimmed_approximately_to_maxlen(
@@ -96,7 +119,7 @@ def test_streams_are_trimmed_approximately_to_maxlen(
 ) -> None:
     """Tests that STREAM_MAXLEN caps the stream (XADD MAXLEN ~) while publishing."""
     stream_node_size(10)
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "STREAM_MAXLEN": 20}):
         for chunk in range(20):
             publish_many("events", [{"n": n} for n in range(chunk * 10, chunk * 10 + 10)])
     length = redis_client.xlen("events")
@@ -112,7 +135,7 @@ def test_a_batch_over_several_streams_trims_each_of_them(
     wrote near STREAM_MAXLEN, ending with its last entry, though only one XADD per stream
     carries the trim."""
     stream_node_size(10)
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "STREAM_MAXLEN": 20}):
         entries = [
             (stream, wire.encode_entry({"n": n}))
             for n in range(200)
@@ -130,7 +153,7 @@ def test_no_maxlen_keeps_every_entry(
 ) -> None:
     """Tests that STREAM_MAXLEN None disables trimming."""
     stream_node_size(10)
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": None}):
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "STREAM_MAXLEN": None}):
         publish_many("events", list(range(300)))
     assert redis_client.xlen("events") == 300
 
@@ -138,26 +161,22 @@ def test_no_maxlen_keeps_every_entry(
 def test_broadcast_is_not_stored_and_counts_receivers(redis_client: redis.Redis) -> None:
     """Tests that a plain channel message reaches subscribers and leaves no key behind."""
     assert broadcast("chat.lobby", {"text": "nobody"}) == 0
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe("chat.lobby")
-    wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscribe confirmation")
+    pubsub, next_message = listen(redis_client, "chat.lobby")
     assert broadcast("chat.lobby", {"text": "hi"}, type="chat.message") == 1
-    message = wait_for(lambda: pubsub.get_message(timeout=0.1), message="broadcast")
+    message = wait_for(next_message, message="broadcast")
     body = json.loads(message["data"])
     assert body["type"] == "chat.message"
     assert body["data"] == {"text": "hi"}
     assert "id" not in body
-    assert redis_client.keys("*") == []
+    assert list(redis_client.scan_iter("*")) == []
     pubsub.close()
 
 
 def test_durable_broadcast_is_stored_and_carries_its_entry_id(redis_client: redis.Redis) -> None:
     """Tests that user.* messages are kept in a capped stream and the message names the entry."""
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe("user.42")
-    wait_for(lambda: pubsub.get_message(timeout=0.1), message="subscribe confirmation")
+    pubsub, next_message = listen(redis_client, "user.42")
     assert broadcast("user.42", {"note": "paid"}, type="notice") == 1
-    message = wait_for(lambda: pubsub.get_message(timeout=0.1), message="broadcast")
+    message = wait_for(next_message, message="broadcast")
     body = json.loads(message["data"])
     [(entry_id, fields)] = redis_client.xrange("user.42")
     assert body["id"] == entry_id
@@ -171,7 +190,7 @@ def test_durable_channel_stream_is_capped(
 ) -> None:
     """Tests that DURABLE_MAXLEN bounds the replay stream of a durable channel."""
     stream_node_size(5)
-    settings = {"URL": redis_broker_url, "WEBSOCKET": {"DURABLE_MAXLEN": 10}}
+    settings = {**broker_url(redis_broker_url), "WEBSOCKET": {"DURABLE_MAXLEN": 10}}
     with override_settings(REDIS_BROKER=settings):
         for n in range(60):
             broadcast("user.7", n)
@@ -197,7 +216,7 @@ async def test_apublish_many_trims_the_stream_once_per_batch(
     """Tests that a large async batch leaves the stream near STREAM_MAXLEN, ending with
     its last entry, though only its last XADD carries the trim."""
     stream_node_size(10)
-    with override_settings(REDIS_BROKER={"URL": redis_broker_url, "STREAM_MAXLEN": 20}):
+    with override_settings(REDIS_BROKER={**broker_url(redis_broker_url), "STREAM_MAXLEN": 20}):
         await apublish_many("events", [{"n": n} for n in range(200)])
     assert 20 <= redis_client.xlen("events") <= 30
     last = redis_client.xrevrange("events", count=1)[0][1]

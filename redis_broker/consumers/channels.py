@@ -12,6 +12,11 @@ for this connection rather than in this process (Redis drops the connection when
 buffer passes ``client-output-buffer-limit pubsub``; the window is then logged like any
 lost connection). A handler that raises is logged and the message dropped; for work
 that must not be missed, use a stream (or a durable channel, which is also a stream).
+
+On a Redis Cluster plain names are SSUBSCRIBEd (sharded Pub/Sub, ``sharded_pubsub.py``):
+one connection per shard that owns one of the channels, read as one. Patterns have no
+sharded form: the runner refuses to start a pattern consumer on a cluster (and
+``manage.py check`` warns before).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ..connection import CONNECTION_ERRORS, build_async_client, explain, mask_ur
 from ..exceptions import MalformedEntry
 from ..naming import prefixed, unprefixed
 from ..publishing import trim_args
+from ..sharded_pubsub import CLUSTER_RETRY_ERRORS, ShardedPubSub
 from .message import StreamMessage
 from .registry import PARAMETER_RE, ChannelConsumerSpec
 from .worker import ConsumerWorker
@@ -235,7 +241,8 @@ class ChannelWorker(ConsumerWorker):
 
 
 class ChannelSubscriber:
-    """The one Pub/Sub connection of a process, feeding every channel consumer.
+    """The one Pub/Sub connection of a process (one per shard on a Redis Cluster),
+    feeding every channel consumer.
 
     ``run`` connects, subscribes everything, and reads until stopped; after a lost
     connection (a Redis restart) it reconnects with a jittered back-off, subscribes
@@ -259,7 +266,7 @@ class ChannelSubscriber:
         lost_at: float | None = None
         while not stop.is_set():
             client = build_async_client(self.config, retries=False)
-            pubsub: Any = client.pubsub()
+            pubsub: Any = ShardedPubSub(client) if self.config.cluster else client.pubsub()
             try:
                 await self._subscribe(pubsub)
                 if lost_at is not None:
@@ -275,7 +282,7 @@ class ChannelSubscriber:
                 await self._read(pubsub, stop)
             except asyncio.CancelledError:
                 raise
-            except CONNECTION_ERRORS + (OSError,) as exc:
+            except CONNECTION_ERRORS + (OSError,) + CLUSTER_RETRY_ERRORS as exc:
                 self.subscribed.clear()
                 lost_at = lost_at or time.time()
                 delay = backoff.next_delay()
@@ -291,6 +298,8 @@ class ChannelSubscriber:
 
     async def _subscribe(self, pubsub: Any) -> None:
         """Subscribe to everything and wait for Redis to confirm, so "Running" means live."""
+        if isinstance(pubsub, ShardedPubSub):
+            await pubsub.connect()
         if self.plain:
             await pubsub.subscribe(*self.plain)
         if self.patterns:
@@ -316,7 +325,7 @@ class ChannelSubscriber:
     def _dispatch(self, message: dict[str, Any]) -> bool:
         """Hand a message to the consumers it matches; return False for anything else."""
         kind = message["type"]
-        if kind == "message":
+        if kind in ("message", "smessage"):
             targets = self.plain.get(wire.reply_text(message["channel"]), [])
         elif kind == "pmessage":
             targets = self.patterns.get(wire.reply_text(message["pattern"]), [])

@@ -126,9 +126,11 @@ def group_missing(stream: str, group: str) -> ConsumerGroupMissing:
     """Return the exception that explains a NOGROUP reply and what to check."""
     return ConsumerGroupMissing(
         f"Consumer group {group!r} of stream {stream!r} is gone: Redis restarted without "
-        "persistence, was flushed, or evicted the key. Re-creating it at the start of the "
-        "stream. If this repeats, check the server's persistence and maxmemory-policy "
-        "(streams need noeviction or a volatile-* policy)."
+        "persistence, was flushed, or evicted the key, or a failover promoted a replica "
+        "that had not caught up with the group. Re-creating it at the start of the "
+        "stream (entries already handled are delivered again). If this repeats, check the "
+        "server's persistence and maxmemory-policy (streams need noeviction or a "
+        "volatile-* policy)."
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from django.utils.module_loading import autodiscover_modules
 
 from ..exceptions import ConsumerDefinitionError
-from ..naming import PATTERN_RE, is_valid_channel
+from ..naming import PATTERN_RE, is_valid_channel, is_valid_key_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,11 +46,13 @@ PARAMETER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,49})\}")
 
 
 def _valid_name(path: str, label: str, value: Any) -> None:
-    if not is_valid_channel(value):
+    # Keys (streams, lists, outputs) may hold a hash tag; a group name is no key.
+    valid = is_valid_channel(value) or (label != "group" and is_valid_key_name(value))
+    if not valid:
         raise ConsumerDefinitionError(
             path,
-            f"{label} {value!r} is not a valid name "
-            "(letters, digits and . _ : -, at most 200 characters).",
+            f"{label} {value!r} is not a valid name (letters, digits and . _ : -, at most "
+            "200 characters; a stream or list name may hold one {hash tag}).",
         )
 
 

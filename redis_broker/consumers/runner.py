@@ -27,7 +27,6 @@ from ..backoff import wait_or_stop
 from ..conf import BrokerConfig, get_config
 from ..connection import (
     CONNECTION_ERRORS,
-    REDIS_ERRORS,
     aclose_async_redis,
     get_async_redis,
     unavailable,
@@ -39,7 +38,7 @@ from .channels import ChannelSubscriber, ChannelWorker
 from .lists import ListWorker
 from .registry import ChannelConsumerSpec, ConsumerSpec, ListConsumerSpec, StreamConsumerSpec
 from .streams import GroupWorker
-from .worker import ConsumerWorker
+from .worker import RETRIED_ERRORS, ConsumerWorker
 
 logger = logging.getLogger("redis_broker.consumers")
 
@@ -47,6 +46,16 @@ logger = logging.getLogger("redis_broker.consumers")
 def default_consumer_name() -> str:
     """Return ``<hostname>-<pid>``: unique per process, readable in XINFO CONSUMERS."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def refuse_cluster_problems(specs: Sequence[ConsumerSpec]) -> None:
+    """Refuse to start consumers a Redis Cluster cannot run as declared (``check``
+    warns about every registered one with W006; starting one is an error)."""
+    from ..checks import cluster_problems
+
+    problems = cluster_problems(get_config(), specs)
+    if problems:
+        raise ValueError("\n".join(f"{p.msg} {p.hint}" for p in problems))
 
 
 class ConsumerRunner:
@@ -127,6 +136,7 @@ class ConsumerRunner:
         Raises ``BrokerUnavailable`` when Redis does not answer at start.
         """
         specs = self.select()
+        refuse_cluster_problems(specs)
         # Connections opened while importing or checking must not leak into the threads.
         connections.close_all()
         try:
@@ -173,10 +183,12 @@ class ConsumerRunner:
             self.health.started = True
             # The claim's beat said "starting"; say "ready" now, not one interval later,
             # for probeconsumers reading the heartbeat right after a start.
-            with contextlib.suppress(*REDIS_ERRORS):
+            with contextlib.suppress(*RETRIED_ERRORS):
                 await self.heartbeat.beat()
-            self._announce()
             with self._signals():
+                # "Running" only once SIGTERM is ours: a supervisor (or a test) that
+                # stops the worker as soon as it reads the line gets a warm stop.
+                self._announce()
                 code = await self._supervise(client, stop, config)
             self.echo(await self.status_line())
             return code
@@ -185,7 +197,7 @@ class ConsumerRunner:
                 await asyncio.to_thread(self.health_server.stop)
                 self.health_server = None
             if self.heartbeat is not None and self.heartbeat.held:
-                with contextlib.suppress(*REDIS_ERRORS):
+                with contextlib.suppress(*RETRIED_ERRORS):
                     await self.heartbeat.release()
             await aclose_async_redis()
 
@@ -428,7 +440,7 @@ class ConsumerRunner:
                 return
             try:
                 await self.heartbeat.beat()
-            except REDIS_ERRORS as exc:
+            except RETRIED_ERRORS as exc:
                 logger.debug("Heartbeat not sent (%s)", exc)  # the workers say Redis is down
                 continue
             if self.heartbeat.lost and not warned:
@@ -495,7 +507,7 @@ class ConsumerRunner:
             for worker in self.workers:
                 pending += await worker.pending()
             parts.append(f"pending={pending}")
-        except REDIS_ERRORS:
+        except RETRIED_ERRORS:
             parts.append("pending=?")
         if self.relay_outbox:
             parts.append(f"outbox={await _outbox_backlog()}")

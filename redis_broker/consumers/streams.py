@@ -70,6 +70,7 @@ class GroupWorker(ConsumerWorker):
         self._claim_at = 0.0
         self._claim_cursor = b"0-0"
         self._history: bytes | None = b"0"  # cursor in our own pending list; None: done
+        self._set_up = False  # True once the group was found or created
 
     def __str__(self) -> str:
         return f"{self.spec.name} ({self.spec.stream}:{self.group})"
@@ -82,8 +83,14 @@ class GroupWorker(ConsumerWorker):
         """
         assert self.client is not None
         created = await policy.ensure_group(self.client, self.key, self.group, self.spec.start)
-        if created:
+        if created and self._set_up and not self.group_missing:
+            # Found missing on reconnecting, not by a read: Redis restarted empty, or a
+            # replica that had not caught up with the group was promoted in a failover.
+            self.group_missing = True
+            logger.warning("%s", policy.group_missing(self.spec.stream, self.group))
+        elif created:
             logger.info("%s: created consumer group at %s", self, self.spec.start)
+        self._set_up = True
         if self._acks:  # handled before the connection dropped; acks are idempotent
             await self.client.xack(self.key, self.group, *self._acks)
         # After a reconnect or a lost group, Redis is the truth.

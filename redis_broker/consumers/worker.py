@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import redis.asyncio
 
 from .. import tracing, wire
@@ -53,6 +54,45 @@ MAX_RECONNECT_DELAY = 1.0
 BURST_POLL = 0.25
 #: Entry ids named at most in one log line about abandoned entries.
 MAX_IDS_LOGGED = 20
+
+
+#: What a Redis call may raise, the cluster client's own errors included: no node could
+#: be reached, or a slot is not covered (those are not ``RedisError``s). Loops that must
+#: outlive a failover (settling aside, the heartbeat, the last acks) catch these.
+RETRIED_ERRORS: tuple[type[BaseException], ...] = (
+    *REDIS_ERRORS,
+    redis.exceptions.RedisClusterException,
+)
+
+#: Replies while a failover moves a master: the cluster is down or a slot is moving
+#: (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, MOVED or ASK once the client's own retries are
+#: spent), or no node serves the slot yet.
+_FAILOVER_REPLIES: tuple[type[BaseException], ...] = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+    redis.exceptions.SlotNotCoveredError,
+)
+#: The same replies as text, for errors a cluster pipeline re-raises as ResponseError.
+_FAILOVER_WORDS = ("CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "MOVED ")
+
+
+def is_failing_over(exc: BaseException) -> bool:
+    """Return True for the errors Redis gives while a master is being replaced.
+
+    Besides the cluster's replies, a read blocked on a master that turns into a replica
+    (a planned failover, or Sentinel demoting it) is ended with ``UNBLOCKED ... instance
+    state changed``. The worker retries these like a lost connection, with one warning,
+    instead of logging each attempt as a crash.
+    """
+    if isinstance(exc, _FAILOVER_REPLIES):
+        return True
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    text = str(exc)
+    if "UNBLOCKED" in text and "instance state changed" in text:
+        return True
+    return any(word in text for word in _FAILOVER_WORDS)
 
 
 @dataclass(slots=True)
@@ -190,15 +230,17 @@ class ConsumerWorker:
             except Exception as exc:
                 self._ready = False
                 delay = backoff.next_delay()
-                if isinstance(exc, CONNECTION_ERRORS):
+                failing_over = is_failing_over(exc)
+                if failing_over or isinstance(exc, CONNECTION_ERRORS):
                     # Waiting for Redis is not being stuck: readiness reports it, and
                     # restarting the process would not bring Redis back.
                     self.progress_at = time.monotonic()
                     self.redis_error = describe(exc)
                     logger.log(
                         backoff.level(),
-                        "%s: Redis unreachable (%s); retrying every %.1f s",
+                        "%s: Redis %s (%s); retrying every %.1f s",
                         self,
+                        "is failing over" if failing_over else "unreachable",
                         exc,
                         delay,
                     )
@@ -334,7 +376,7 @@ class ConsumerWorker:
             self._collect()
             await self._settle_failures()  # first: a request's error reply is then sent too
             await self._flush_acks()
-        except REDIS_ERRORS as exc:
+        except RETRIED_ERRORS as exc:
             logger.debug("%s: settling deferred to the next read (%s)", self, exc)
         finally:
             self._settler = None
@@ -467,7 +509,7 @@ class ConsumerWorker:
             if self._failures:
                 try:
                     await self._settle_failures()
-                except REDIS_ERRORS as exc:
+                except RETRIED_ERRORS as exc:
                     logger.warning("%s: could not settle failed entries (%s)", self, exc)
                     self._failures = []  # they stay pending and are delivered again
             if not self._in_flight:
@@ -492,7 +534,7 @@ class ConsumerWorker:
         count = len(self._acks) + len(self._outputs)
         try:
             await asyncio.wait_for(self._flush_acks(), 2.0)
-        except REDIS_ERRORS as exc:
+        except RETRIED_ERRORS as exc:
             logger.warning(
                 "%s: could not ack %d handled entries (%s); they will be delivered again",
                 *(self, count, exc),

@@ -29,6 +29,7 @@ from ..conf import get_config
 from ..connection import get_redis, mask_url, translate_errors
 from ..exceptions import BrokerUnavailable
 from ..models import Broker, OutboxEvent
+from .nodes import translate_cluster_errors
 from .queries import EntryPage, KeyMissing, key_facts
 
 
@@ -78,7 +79,7 @@ def inspector_view(*, change: bool = False, data: bool = False) -> Callable[[Vie
             if change and not model_admin.has_change_permission(request):
                 raise PermissionDenied
             try:
-                with translate_errors():
+                with translate_errors(), translate_cluster_errors():
                     try:
                         return func(request, model_admin, *args, **kwargs)
                     except KeyMissing as exc:

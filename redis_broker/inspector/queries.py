@@ -5,6 +5,12 @@ stream`` (never ``KEYS``), entries are read a page at a time with ``XREVRANGE`` 
 ``XRANGE`` and exclusive cursors, pending entries with the extended ``XPENDING`` form.
 So a page costs the same on a stream of ten entries and on one of ten million.
 
+On a Redis Cluster the reads without a key (``SCAN``, ``INFO``, ``PUBSUB``) ask every
+master (``nodes``); the rest go where their key's slot lives, pipelines included
+(redis-py's cluster pipeline splits them per node). Derived keys (dead letters,
+processing lists, a list's consumers) share their source's slot (``naming``), so the
+one script here (``actions``' processing-list requeue) touches a single slot.
+
 Replies are bytes (the clients use ``decode_responses=False``); they are decoded for
 display with ``errors="replace"``, so a foreign producer's binary field shows as
 replacement characters instead of breaking the page. Payloads are parsed with the wire
@@ -21,7 +27,6 @@ which still name the lists whose workers are all dead.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +38,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from .. import wire
+from ..connection import is_cluster
 from ..consumers.policy import is_missing
 from ..consumers.registry import ChannelConsumerSpec
 from ..exceptions import ConsumerDefinitionError, MalformedEntry
@@ -52,6 +58,15 @@ from ..naming import (
     workers_key,
 )
 from ..outbox import OutboxBacklog, backlog
+from .nodes import (
+    every_node,
+    glob_escape,
+    key_patterns,
+    scan_keys,
+    server_infos,
+    shard_channels,
+    shard_numsub,
+)
 
 #: Most streams listed on the overview; SCAN stops once it has found this many.
 MAX_STREAMS = 500
@@ -140,11 +155,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def glob_escape(value: str) -> str:
-    """Escape Redis glob characters so ``value`` matches itself in ``MATCH`` / ``PUBSUB``."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", value)
-
-
 # --- Server ---------------------------------------------------------------------------
 
 
@@ -167,8 +177,25 @@ class ServerInfo:
 
 
 def server_info(client: redis.Redis) -> ServerInfo:
-    """Return version, memory, clients and uptime from one ``INFO`` call."""
-    info: Mapping[str, Any] = client.info()
+    """Return version, memory, clients and uptime from one ``INFO`` call (one per master
+    on a cluster: memory and clients are then the masters' sums, the uptime the
+    shortest, and the mode says how many masters there are)."""
+    infos = server_infos(client)
+    info: Mapping[str, Any] = infos[0]
+    if len(infos) > 1 or is_cluster(client):
+        return ServerInfo(
+            version=wire.reply_text(info.get("redis_version", "?"), "replace"),
+            mode=f"cluster, {len(infos)} master{'s' if len(infos) != 1 else ''}",
+            role="master",
+            used_memory_human=human_bytes(sum(int(i.get("used_memory", 0)) for i in infos)),
+            maxmemory_human=(
+                human_bytes(sum(int(i.get("maxmemory", 0)) for i in infos))
+                if all(int(i.get("maxmemory", 0)) for i in infos)
+                else "0B"  # a master without a limit: the cluster has none
+            ),
+            connected_clients=sum(int(i.get("connected_clients", 0)) for i in infos),
+            uptime_seconds=min(int(i.get("uptime_in_seconds", 0)) for i in infos),
+        )
     return ServerInfo(
         version=wire.reply_text(info.get("redis_version", "?"), "replace"),
         mode=wire.reply_text(info.get("redis_mode", "standalone"), "replace"),
@@ -178,6 +205,16 @@ def server_info(client: redis.Redis) -> ServerInfo:
         connected_clients=int(info.get("connected_clients", 0)),
         uptime_seconds=int(info.get("uptime_in_seconds", 0)),
     )
+
+
+def human_bytes(size: int) -> str:
+    """Return ``size`` bytes as Redis's ``*_human`` fields write it ("1.05M", "512B")."""
+    value = float(size)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{int(value)}B" if unit == "B" else f"{value:.2f}{unit}"
+        value /= 1024
+    return f"{size}B"  # not reached
 
 
 # --- Streams --------------------------------------------------------------------------
@@ -235,31 +272,16 @@ def scan_streams(
     """Return the keys (bytes, sorted) of up to ``limit`` streams under ``prefix``, and
     whether there may be more.
 
-    ``SCAN MATCH <prefix>* TYPE stream COUNT 1000``, never ``KEYS``. It stops at
-    ``limit`` streams or after ``max_calls`` SCAN calls (about 1,000 keys looked at per
-    call), so its cost has a bound even in a database of millions of other keys. The
-    second value is True when it stopped early. Keys are bytes so that a name which is
-    not UTF-8 still addresses its key. The overview and ``metrics_view`` both find
-    streams here.
+    ``SCAN MATCH <prefix>* TYPE stream COUNT 1000``, never ``KEYS``, on every master of
+    a cluster (``nodes.scan_keys``). It stops at ``limit`` streams or after
+    ``max_calls`` SCAN calls (about 1,000 keys looked at per call), so its cost has a
+    bound even in a database of millions of other keys. The second value is True when
+    it stopped early. Keys are bytes so that a name which is not UTF-8 still addresses
+    its key. The overview and ``metrics_view`` both find streams here.
     """
-    found: dict[bytes, None] = {}  # SCAN may return a key twice
-    match = glob_escape(prefix) + "*"
-    cursor: int = 0
-    calls = 0
-    while True:
-        cursor, batch = client.scan(cursor, match=match, count=1000, _type="stream")
-        calls += 1
-        for reply in batch:
-            key = reply if isinstance(reply, bytes) else reply.encode()
-            if key in found:
-                continue
-            if len(found) >= limit:
-                return sorted(found), True
-            found[key] = None
-        if cursor == 0:
-            return sorted(found), False
-        if max_calls is not None and calls >= max_calls:
-            return sorted(found), True
+    return scan_keys(
+        client, patterns=key_patterns(prefix), type_="stream", limit=limit, max_calls=max_calls
+    )
 
 
 def list_streams(
@@ -1202,21 +1224,21 @@ def list_lists(
 def _lists_with_consumer_sets(
     client: redis.Redis, *, prefix: str, calls: int
 ) -> tuple[set[str], bool]:
-    """Return the lists whose ``<list>:consumers`` set exists, and whether SCAN finished."""
-    match = glob_escape(prefix) + list_consumers_name("*")
+    """Return the lists whose ``<list>:consumers`` set exists, and whether SCAN finished.
+
+    On a cluster the set of ``jobs`` is ``{jobs}:consumers`` (``{app:jobs}:consumers``
+    under ``app:``): ``key_patterns`` matches both forms, and ``derived_source`` names
+    the list of each key found.
+    """
+    keys, truncated = scan_keys(
+        client, patterns=key_patterns(prefix, LIST_CONSUMERS), type_="set", max_calls=calls
+    )
     found: set[str] = set()
-    cursor = 0
-    for _ in range(calls):
-        cursor, keys = client.scan(cursor, match=match, count=1000, _type="set")
-        for key in keys:
-            name = derived_source(
-                unprefixed(prefix, wire.reply_text(key, "replace")), LIST_CONSUMERS
-            )
-            if name is not None:
-                found.add(name)
-        if cursor == 0:
-            return found, True
-    return found, False
+    for key in keys:
+        name = derived_source(unprefixed(prefix, wire.reply_text(key, "replace")), LIST_CONSUMERS)
+        if name is not None:
+            found.add(name)
+    return found, not truncated
 
 
 def _processing_lists(
@@ -1286,6 +1308,9 @@ class ChannelInfo:
 
     name: str  # without KEY_PREFIX
     subscribers: int
+    # A cluster's sharded channel (SSUBSCRIBE, counted by PUBSUB SHARDNUMSUB on the master
+    # of its slot); the same name may also be listed unsharded, with its own subscribers.
+    sharded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1295,6 +1320,7 @@ class LayerChannel:
     name: str  # the whole Redis channel name
     subscribers: int
     group: str | None  # the Channels group it carries, or None for one consumer's channel
+    sharded: bool = False  # a cluster's sharded channel (see ``ChannelInfo``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1343,38 +1369,65 @@ def pubsub_info(
 
     Channels under KEY_PREFIX and under the Channels layers' ``layer_prefixes`` are
     read; the layers' own channels are returned apart, in ``internal`` (at most ``limit``
-    of each kind).
+    of each kind). On a cluster the sharded channels of every master are listed too
+    (``nodes.shard_channels``), marked ``sharded``: ``broadcast()`` and the relay use
+    them there.
     """
-    pipe = client.pipeline(transaction=False)
-    for pattern in dict.fromkeys([prefix, *layer_prefixes]):
-        pipe.pubsub_channels(glob_escape(pattern) + "*")
-    found = {wire.reply_text(raw, "replace") for reply in pipe.execute() for raw in reply}
-    ours: list[str] = []
-    layers: dict[str, str] = {}
-    for name in sorted(found):
+    patterns = [glob_escape(pattern) + "*" for pattern in dict.fromkeys([prefix, *layer_prefixes])]
+    if is_cluster(client):
+        # Every node's subscribers (no pipeline: PUBSUB has no key to route it by).
+        replies = [client.pubsub_channels(pattern, **every_node(client)) for pattern in patterns]
+    else:
+        pipe = client.pipeline(transaction=False)
+        for pattern in patterns:
+            pipe.pubsub_channels(pattern)
+        replies = pipe.execute()
+    found = {(wire.reply_text(raw, "replace"), False) for reply in replies for raw in reply}
+    sharded = {
+        wire.reply_text(raw, "replace"): number
+        for raw, number in shard_channels(client, patterns).items()
+    }
+    found |= {(name, True) for name in sharded}
+    ours: list[tuple[str, bool]] = []
+    layers: dict[tuple[str, bool], str] = {}
+    for name, is_sharded in sorted(found):
         group = layer_group(name, layer_prefixes)
         if group is not None:
-            layers[name] = group
+            layers[name, is_sharded] = group
         elif name.startswith(prefix):
-            ours.append(name)
+            ours.append((name, is_sharded))
     truncated = len(ours) > limit or len(layers) > limit
     ours, layer_names = ours[:limit], list(layers)[:limit]
+    plain = [name for name, is_sharded in [*ours, *layer_names] if not is_sharded]
     counts: dict[str, int] = {}
-    if ours or layer_names:
+    if plain:
         counts = {
             wire.reply_text(channel, "replace"): int(number)
-            for channel, number in client.pubsub_numsub(*ours, *layer_names)
+            for channel, number in client.pubsub_numsub(*plain, **every_node(client))
         }
+
+    def subscribers(name: str, is_sharded: bool) -> int:
+        return sharded.get(name, 0) if is_sharded else counts.get(name, 0)
+
     return PubSubInfo(
         channels=[
-            ChannelInfo(name=unprefixed(prefix, name), subscribers=counts.get(name, 0))
-            for name in ours
+            ChannelInfo(
+                name=unprefixed(prefix, name),
+                subscribers=subscribers(name, is_sharded),
+                sharded=is_sharded,
+            )
+            for name, is_sharded in ours
         ],
-        patterns=int(client.pubsub_numpat()),
+        patterns=int(client.pubsub_numpat(**every_node(client))),
         truncated=truncated,
         internal=[
-            LayerChannel(name=name, subscribers=counts.get(name, 0), group=layers[name] or None)
-            for name in layer_names
+            LayerChannel(
+                name=name,
+                subscribers=subscribers(name, is_sharded),
+                group=layers[name, is_sharded] or None,
+                sharded=is_sharded,
+            )
+            for name, is_sharded in layer_names
         ],
     )
 
@@ -1389,6 +1442,9 @@ class ChannelSubscription:
     subscription: str  # what the worker (P)SUBSCRIBEs, without KEY_PREFIX: "prices.*"
     is_pattern: bool
     subscribers: int  # PUBSUB NUMSUB of a channel; PUBSUB NUMPAT (all patterns) for a pattern
+    # On a cluster a worker SSUBSCRIBEs a channel (sharded Pub/Sub): its subscribers are
+    # then counted by PUBSUB SHARDNUMSUB on the master of the channel's slot.
+    sharded: bool = False
 
     @property
     def seen(self) -> bool | None:
@@ -1435,9 +1491,13 @@ def channel_subscriptions(
     if plain:
         counts = {
             wire.reply_text(channel, "replace"): int(number)
-            for channel, number in client.pubsub_numsub(*plain)
+            for channel, number in client.pubsub_numsub(*plain, **every_node(client))
         }
-    patterns = int(client.pubsub_numpat())
+        # On a cluster a worker may hold a sharded subscription (SSUBSCRIBE) instead.
+        for channel, number in shard_numsub(client, plain).items():
+            counts[channel] = counts.get(channel, 0) + number
+    patterns = int(client.pubsub_numpat(**every_node(client)))
+    cluster = is_cluster(client)
     return [
         ChannelSubscription(
             worker=worker,
@@ -1448,6 +1508,7 @@ def channel_subscriptions(
             subscribers=patterns
             if spec.is_pattern
             else counts.get(prefixed(prefix, spec.subscription), 0),
+            sharded=cluster and not spec.is_pattern,
         )
         for worker, name, spec in found
     ]

@@ -12,6 +12,11 @@ After a reconnect every channel is subscribed again; durable channels replay wha
 socket missed from their capped stream, and the others get a ``gap`` frame, because
 messages sent while the hub was away are gone for them.
 
+On a Redis Cluster the hub subscribes with SSUBSCRIBE (``sharded_pubsub.py``): one
+connection per shard that owns a subscribed channel, each with its own watchdog. A lost
+shard counts as a lost hub: every channel is subscribed again and told as above, since
+a failover may also have moved channels between shards.
+
 The hub also keeps the process's relay status in Redis (``status.py``): sockets are
 counted as they register, subscribe and leave, never per message, and a task of its own
 writes the record, so a Redis outage delays it and nothing else.
@@ -54,6 +59,7 @@ from ..connection import (
 from ..exceptions import MalformedEntry
 from ..naming import prefixed, unprefixed
 from ..publishing import is_durable
+from ..sharded_pubsub import CLUSTER_RETRY_ERRORS, ShardedPubSub, WatchdogTimeout
 from ..wire import entry_id_key
 from .frames import control_frame, message_frame
 from .status import STATUS_INTERVAL, STATUS_MIN_GAP, delete_status, encode_status, write_status
@@ -65,10 +71,8 @@ RECONNECT_BASE = 0.05
 RECONNECT_CAP = 2.0
 #: Entries read per XRANGE page while replaying a durable channel.
 REPLAY_PAGE = 500
-
-
-class WatchdogTimeout(ConnectionError):
-    """The Pub/Sub connection did not answer a PING in time: treat it as dead."""
+#: Failures of a command after which the hub reconnects (or retries a replay).
+RECONNECT_ERRORS = CONNECTION_ERRORS + CLUSTER_RETRY_ERRORS
 
 
 class FrameSink(Protocol):
@@ -122,7 +126,8 @@ class HubStats:
 
 
 class Hub:
-    """One Pub/Sub connection shared by every socket on this event loop.
+    """One Pub/Sub connection (one per shard on a cluster) shared by every socket on
+    this event loop.
 
     Use :func:`get_hub` rather than building one: the point is that there is only one.
     """
@@ -235,7 +240,7 @@ class Hub:
             if pubsub is not None:
                 try:
                     await pubsub.unsubscribe(prefixed(self._prefix, sub.channel))
-                except CONNECTION_ERRORS as exc:
+                except RECONNECT_ERRORS as exc:
                     self._broken(pubsub, exc)
 
     async def unsubscribe_all(self, subs: Iterable[Subscription]) -> None:
@@ -363,8 +368,13 @@ class Hub:
                 await asyncio.sleep(delay)
 
     async def _connect(self) -> None:
-        client = build_async_client(self._config)
-        pubsub: Any = client.pubsub()
+        pubsub: Any
+        if self._config.cluster:
+            client = build_async_client(self._config, retries=False)
+            pubsub = ShardedPubSub(client, watchdog=self._ping_interval)
+        else:
+            client = build_async_client(self._config)
+            pubsub = client.pubsub()
         try:
             await pubsub.connect()
         except BaseException:
@@ -402,6 +412,9 @@ class Hub:
     def _broken(self, pubsub: Any, exc: BaseException) -> None:
         """A command failed on the Pub/Sub connection: cut it so the reader reconnects."""
         logger.debug("Relay hub command failed (%s); dropping the connection", exc)
+        if isinstance(pubsub, ShardedPubSub):
+            pubsub.fail(exc)  # the reader raises it and reconnects every shard
+            return
         connection = getattr(pubsub, "connection", None)
         if connection is not None:
             self._spawn(connection.disconnect())
@@ -415,7 +428,7 @@ class Hub:
             self._pending[channel] = self._pending.get(channel, 0) + 1
         try:
             await pubsub.subscribe(*(prefixed(self._prefix, c) for c in channels))
-        except CONNECTION_ERRORS as exc:
+        except RECONNECT_ERRORS as exc:
             self._broken(pubsub, exc)
 
     # ------------------------------------------------------------------ reading
@@ -430,6 +443,8 @@ class Hub:
         while True:
             message = await pubsub.get_message(timeout=interval)
             now = loop.time()
+            if message is None and self._config.cluster:
+                continue  # each shard's reader keeps its own watchdog
             if message is None:
                 if ping_sent is not None and now - ping_sent >= interval:
                     raise WatchdogTimeout(f"no PONG within {interval} s")
@@ -439,13 +454,13 @@ class Hub:
                 continue
             last_seen, ping_sent = now, None
             kind = message["type"]
-            if kind == "message":
+            if kind in ("message", "smessage"):
                 self._fan_out(message["channel"], message["data"])
                 # A read from redis-py's buffer does not yield to the event loop; without
                 # this a burst would be fanned out before any socket's sender ran, and
                 # fill their queues although every browser keeps up.
                 await asyncio.sleep(0)
-            elif kind == "subscribe":
+            elif kind in ("subscribe", "ssubscribe"):
                 self._confirmed(message["channel"])
 
     def _confirmed(self, raw_channel: bytes) -> None:
@@ -508,19 +523,19 @@ class Hub:
         while not sub.closed and generation == self._generation and not sub.live:
             try:
                 frames, baseline = await self._catch_up(sub) if sub.durable else ([], None)
-            except ResponseError as exc:
-                # Not a stream (someone else's key under that name): deliver live only.
-                logger.warning(
-                    "Cannot replay %r: %s; delivering live messages only", sub.channel, exc
-                )
-                frames, baseline = [], None
-            except CONNECTION_ERRORS as exc:
+            except RECONNECT_ERRORS as exc:  # before ResponseError: CLUSTERDOWN is one too
                 delay = backoff.next_delay()
                 logger.debug(
                     "Replay of %r failed (%s); retrying in %.2f s", sub.channel, exc, delay
                 )
                 await asyncio.sleep(delay)
                 continue
+            except ResponseError as exc:
+                # Not a stream (someone else's key under that name): deliver live only.
+                logger.warning(
+                    "Cannot replay %r: %s; delivering live messages only", sub.channel, exc
+                )
+                frames, baseline = [], None
             if sub.closed or generation != self._generation:
                 return  # the connection changed while reading: the next confirmation redoes this
             # From here to ``sub.live = True`` nothing awaits, so no live message can be
@@ -609,7 +624,9 @@ class Hub:
             return False
         try:
             info = await client.xinfo_stream(key)
-        except ResponseError:
+        except ResponseError as exc:
+            if isinstance(exc, CLUSTER_RETRY_ERRORS):
+                raise  # CLUSTERDOWN says nothing about the stream: the replay is retried
             return False  # no such stream: nothing was ever kept, nothing was trimmed
         first = info.get("first-entry")
         if not first:

@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from redis_broker.conf import get_config
+from redis_broker.naming import dead_letter_name
 from redis_broker.testing import wait_for
 from tests.helpers import manage, subprocess_env
 from tests.testapp.consumers import HANDLED
@@ -30,15 +32,23 @@ FAST = {
 
 
 class Worker:
-    """A ``runconsumers`` subprocess whose output is collected line by line."""
+    """A ``runconsumers`` subprocess whose output is collected line by line.
 
-    def __init__(self, *args: str, redis_url: str | None = None, **consumers: Any) -> None:
+    ``redis_url`` points it at another Redis than the session's (``cluster``: a cluster).
+    """
+
+    def __init__(
+        self, *args: str, redis_url: str | None = None, cluster: bool = False, **consumers: Any
+    ) -> None:
         extra = {
             "DJANGO_SETTINGS_MODULE": "tests.consumers.settings",
             "TEST_CONSUMERS": json.dumps({**FAST, **consumers}),
         }
         if redis_url is not None:
+            # A server of the test's own: a single Redis unless ``cluster`` says otherwise,
+            # whatever the session runs on.
             extra["REDIS_URL"] = redis_url
+            extra["REDIS_CLUSTER"] = "1" if cluster else "0"
         self.process = manage("runconsumers", *args, env=subprocess_env(**extra))
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -110,6 +120,12 @@ def handled_ids(client: redis.Redis) -> list[str]:
 def handled_pids(client: redis.Redis) -> Counter[int]:
     """Return how many entries each worker process handled."""
     return Counter(int(line.split()[1]) for line in client.lrange(HANDLED, 0, -1))
+
+
+def dead_letters(stream: str) -> str:
+    """Return the dead-letter stream of ``stream`` as the app names it now: ``<stream>:dlq``,
+    or ``{<stream>}:dlq`` on a Redis Cluster (the stream's hash slot)."""
+    return dead_letter_name(stream, get_config().consumers.dead_letter_suffix)
 
 
 def published_ids(client: redis.Redis, stream: str = "test.orders") -> set[str]:

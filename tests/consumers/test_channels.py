@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from redis_broker import broadcast
+from redis_broker.connection import pubsub_publish
 from redis_broker.consumers.message import StreamMessage
 from redis_broker.consumers.registry import ChannelConsumerSpec
 from redis_broker.consumers.runner import ConsumerRunner
@@ -20,6 +21,9 @@ from tests.testapp.consumers import PRICES
 from .helpers import Worker
 
 pytestmark = pytest.mark.usefixtures("fast_consumers")
+
+#: Why the pattern tests skip on a cluster (tests/cluster tests the refusal instead).
+NO_PATTERNS = "a Redis Cluster has no sharded patterns: a pattern consumer refuses to start"
 
 
 def prices(client: redis.Redis) -> list[list[str]]:
@@ -48,9 +52,11 @@ def run_in_thread() -> Iterator[Callable[[ConsumerRunner], None]]:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_parameter_of_the_pattern_is_passed_as_a_keyword(
-    redis_client: redis.Redis, start_worker: Callable[..., Worker]
+    redis_client: redis.Redis, start_worker: Callable[..., Worker], redis_broker_cluster: bool
 ) -> None:
     """Tests ``@channel_consumer("test.prices.{symbol}")`` receiving ``test.prices.ABC``."""
+    if redis_broker_cluster:
+        pytest.skip(NO_PATTERNS)
     worker = start_worker("on_price")
     worker.wait_for_line("Running")
     assert broadcast("test.prices.ABC", {"price": 10}) == 1
@@ -63,9 +69,13 @@ def test_a_parameter_of_the_pattern_is_passed_as_a_keyword(
 
 
 def test_one_process_holds_one_pubsub_connection_for_every_channel_consumer(
-    redis_client: redis.Redis, run_in_thread: Callable[[ConsumerRunner], None]
+    redis_client: redis.Redis,
+    run_in_thread: Callable[[ConsumerRunner], None],
+    redis_broker_cluster: bool,
 ) -> None:
     """Tests five channel consumers (three names, two patterns) on one Pub/Sub connection."""
+    if redis_broker_cluster:
+        pytest.skip(NO_PATTERNS)
     seen: list[tuple[str, dict[str, Any]]] = []
 
     def make(pattern: str) -> ChannelConsumerSpec:
@@ -97,9 +107,13 @@ def test_one_process_holds_one_pubsub_connection_for_every_channel_consumer(
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_channel_consumers_subscribe_again_after_redis_restarts(
-    redis_server_factory: Callable[[], RedisServer], start_worker: Callable[..., Worker]
+    redis_server_factory: Callable[[], RedisServer],
+    start_worker: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Tests a Redis restart: within 2 s the process is subscribed again and handles messages."""
+    # A single Redis of its own, in a cluster session too (tests/cluster restarts a shard).
+    monkeypatch.setenv("REDIS_CLUSTER", "0")
     server = redis_server_factory()
     client = redis.Redis.from_url(server.url, decode_responses=True)
     try:
@@ -128,7 +142,7 @@ def test_a_malformed_message_is_dropped_and_the_next_one_handled(
     runner = ConsumerRunner(specs=[spec], relay_outbox=False, echo=lambda line: None)
     run_in_thread(runner)
     wait_for(lambda: runner.subscriber and runner.subscriber.subscribed.is_set(), message="live")
-    redis_client.publish("poison", "[" * 1000 + "]" * 1000)
+    pubsub_publish(redis_client, "poison", "[" * 1000 + "]" * 1000)  # SPUBLISH on a cluster
     broadcast("poison", {"fine": True})
     wait_for(lambda: seen == [{"fine": True}], message="the message after the poison")
     assert runner.workers[0].stats.failed == 1

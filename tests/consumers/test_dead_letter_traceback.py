@@ -10,6 +10,8 @@ from redis_broker.consumers.message import StreamMessage
 from redis_broker.consumers.registry import ListConsumerSpec, StreamConsumerSpec
 from redis_broker.consumers.runner import ConsumerRunner
 
+from .helpers import dead_letters
+
 pytestmark = pytest.mark.usefixtures("fast_consumers")
 
 
@@ -36,7 +38,7 @@ def test_stream_dead_letter_keeps_the_traceback_with_its_causes(redis_client: re
     """Tests that the dead letter holds the handler's frames and chained cause, not just a line."""
     publish("tb.orders", {"amount": "12,50"})
     run(StreamConsumerSpec(func=charge, stream="tb.orders", group="g", name="charge"))
-    ((_, dead),) = redis_client.xrange("tb.orders:dlq")
+    ((_, dead),) = redis_client.xrange(dead_letters("tb.orders"))
     assert dead[wire.ERROR] == "RuntimeError: bad amount '12,50'"  # unchanged, short form
     trace = dead[wire.TRACEBACK]
     assert trace.startswith("Traceback (most recent call last):")
@@ -55,7 +57,7 @@ def test_a_huge_traceback_is_cut_to_its_last_4096_characters(redis_client: redis
 
     publish("tb.huge", {"n": 1})
     run(StreamConsumerSpec(func=shout, stream="tb.huge", group="g", name="shout"))
-    ((_, dead),) = redis_client.xrange("tb.huge:dlq")
+    ((_, dead),) = redis_client.xrange(dead_letters("tb.huge"))
     assert len(dead[wire.TRACEBACK]) == wire.MAX_TRACEBACK_CHARS
     assert dead[wire.TRACEBACK].startswith("…")
     assert dead[wire.TRACEBACK].endswith("x END")
@@ -67,7 +69,7 @@ def test_list_dead_letter_keeps_the_traceback_too(redis_client: redis.Redis) -> 
     """Tests that a list consumer's dead letter carries the same ``traceback`` field."""
     push("tb.jobs", {"amount": "ten"})
     run(ListConsumerSpec(func=charge, list="tb.jobs", name="charge_jobs"))
-    ((_, dead),) = redis_client.xrange("tb.jobs:dlq")
+    ((_, dead),) = redis_client.xrange(dead_letters("tb.jobs"))
     assert "in parse_amount" in dead[wire.TRACEBACK]
     assert dead[wire.TRACEBACK].endswith("RuntimeError: bad amount 'ten'")
 
@@ -76,7 +78,7 @@ def test_a_malformed_entry_has_no_traceback_only_its_reason(redis_client: redis.
     """Tests that a dead letter without an exception in a handler gets no ``traceback`` field."""
     redis_client.xadd("tb.bad", {"data": "{not json"})
     run(StreamConsumerSpec(func=charge, stream="tb.bad", group="g", name="bad"))
-    ((_, dead),) = redis_client.xrange("tb.bad:dlq")
+    ((_, dead),) = redis_client.xrange(dead_letters("tb.bad"))
     assert wire.TRACEBACK not in dead
     assert dead[wire.ERROR].startswith("redis_broker.exceptions.MalformedEntry: ")
 

@@ -15,12 +15,13 @@ from redis_broker import push
 from redis_broker.consumers.message import StreamMessage
 from redis_broker.consumers.registry import ListConsumerSpec
 from redis_broker.consumers.runner import ConsumerRunner
+from redis_broker.naming import dead_letter_name
 from redis_broker.testing import wait_for
 from tests.testapp.consumers import HANDLED, JOBS, attempts_key
 
 from .helpers import Worker, handled_ids
 
-DLQ = "test.jobs:dlq"
+DLQ = dead_letter_name(JOBS, ":dlq")
 
 
 def processing_items(client: redis.Redis) -> int:
@@ -131,5 +132,5 @@ def test_elements_other_producers_pushed_are_delivered_as_data(redis_client: red
     runner = ConsumerRunner(specs=[spec], burst=True, relay_outbox=False, echo=lambda line: None)
     assert runner.run() == 0
     assert seen == [("hello", "foreign", 1), ({"a": 1}, "foreign", 1), ([1, 2], "foreign", 1)]
-    ((_, dead),) = redis_client.xrange("foreign:dlq")
+    ((_, dead),) = redis_client.xrange(dead_letter_name("foreign", ":dlq"))
     assert "nested deeper" in dead["error"]

@@ -19,7 +19,7 @@ from redis_broker.consumers.runner import ConsumerRunner
 from redis_broker.testing import wait_for
 from tests.testapp.consumers import BILLED, attempts_key
 
-from .helpers import Worker, published_ids
+from .helpers import Worker, dead_letters, published_ids
 
 STREAM = "test.billing"
 
@@ -60,7 +60,7 @@ def test_each_input_yields_exactly_one_output_through_kills_and_reclaims(
         timeout=60,
     )
     made = Counter(event_id for event_id, _ in outputs(redis_client))
-    assert redis_client.xlen(f"{STREAM}:dlq") == 0
+    assert redis_client.xlen(dead_letters(STREAM)) == 0
     assert set(made) == inputs
     assert max(made.values()) == 1
     assert redis_client.xlen(BILLED) == 1000
@@ -78,7 +78,7 @@ def test_dead_lettered_and_none_returning_inputs_yield_no_output(redis_client: r
     publish(STREAM, {"n": 4, "fail_times": 1})
     assert run_burst("bill") == 0
     assert [data["order"] for _, data in outputs(redis_client)] == [4]
-    dead = [fields["original_id"] for _, fields in redis_client.xrange(f"{STREAM}:dlq")]
+    dead = [fields["original_id"] for _, fields in redis_client.xrange(dead_letters(STREAM))]
     assert dead == [rejected, exhausted]
 
 
@@ -91,10 +91,11 @@ def test_list_and_channel_consumers_append_their_outputs_too(redis_client: redis
 
     push("numbers", 21)
     pushed = json.loads(redis_client.lindex("numbers", 0) or "{}")["event_id"]
-    spec = ListConsumerSpec(func=double, list="numbers", name="double", output="doubled")
+    # The output shares the list's hash tag: one atomic step touches both (a cluster's rule).
+    spec = ListConsumerSpec(func=double, list="numbers", name="double", output="{numbers}.doubled")
     runner = ConsumerRunner(specs=[spec], burst=True, relay_outbox=False, echo=lambda line: None)
     assert runner.run() == 0
-    ((source, data),) = outputs(redis_client, "doubled")
+    ((source, data),) = outputs(redis_client, "{numbers}.doubled")
     assert (source, data) == (pushed, {"twice": 42})
     assert redis_client.llen("numbers") == 0
 

@@ -37,6 +37,7 @@ from redis_broker.consumers.registry import (
 from redis_broker.consumers.runner import ConsumerRunner
 from redis_broker.requests import reply_fields, reset_inbox, responder_idle_ms
 from redis_broker.testing import wait_for
+from tests.helpers import single_node_only
 from tests.testapp.consumers import HANDLED, QUOTES, attempts_key
 
 from .helpers import Worker
@@ -157,6 +158,7 @@ def test_a_slow_handler_is_a_request_timeout(serve: Callable[..., ConsumerRunner
     assert 0.3 <= time.monotonic() - started < 1.0
 
 
+@single_node_only  # counts and kills connections of one server
 def test_a_thousand_concurrent_requests_share_a_few_connections(
     redis_client: redis.Redis, serve: Callable[..., ConsumerRunner]
 ) -> None:
@@ -218,7 +220,7 @@ def test_a_worker_killed_inside_the_handler_still_gets_the_caller_its_reply(
         target=lambda: answer.append(request(QUOTES, {"sku": "A1", "sleep_ms": 800}, timeout=8))
     )
     caller.start()
-    wait_for(lambda: redis_client.keys("test:attempts:*"), message="the call under way")
+    wait_for(lambda: list(redis_client.scan_iter("test:attempts:*")), message="the call under way")
     victim.signal(signal.SIGKILL)
     victim.wait()
     rescuer = start_worker("quote")
@@ -231,6 +233,7 @@ def test_a_worker_killed_inside_the_handler_still_gets_the_caller_its_reply(
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
+@single_node_only  # counts and kills connections of one server
 def test_a_reply_sent_while_the_callers_connection_was_killed_arrives(
     redis_client: redis.Redis, start_worker: Callable[..., Worker]
 ) -> None:
@@ -290,7 +293,7 @@ def test_no_reply_consumers_and_plain_messages_send_nothing(
     with pytest.raises(RequestTimeout):
         request("rpc.quiet", 1, timeout=0.3)
     assert [
-        key for key in redis_client.keys("redis-broker:inbox:*") if redis_client.xlen(key)
+        key for key in redis_client.scan_iter("redis-broker:inbox:*") if redis_client.xlen(key)
     ] == []
     assert redis_client.get(attempts_key("none")) is None
 
@@ -298,7 +301,7 @@ def test_no_reply_consumers_and_plain_messages_send_nothing(
 #: A responder written from the README's wire description alone: bash and redis-cli.
 SHELL_RESPONDER = r"""
 set -u
-cli() { redis-cli -u "$URL" --raw "$@"; }
+cli() { redis-cli -c -u "$URL" --raw "$@"; }
 cli XGROUP CREATE rpc.shell sh '$' MKSTREAM >/dev/null 2>&1 || true
 cli XGROUP CREATECONSUMER rpc.shell sh bash-1 >/dev/null
 echo ready
@@ -320,7 +323,7 @@ done
 #: A requester likewise: it asks a @stream_consumer and prints the reply's fields.
 SHELL_REQUESTER = r"""
 set -eu
-cli() { redis-cli -u "$URL" --raw "$@"; }
+cli() { redis-cli -c -u "$URL" --raw "$@"; }
 deadline=$(( $(date +%s%3N) + 10000 ))
 cli XADD test.quote '*' type quote.ask data '{"sku":"Z9"}' event_id shell-1 \
   published_at "$(date -u +%Y-%m-%dT%H:%M:%S.000Z)" \

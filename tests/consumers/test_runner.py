@@ -16,9 +16,9 @@ from redis_broker.consumers.runner import ConsumerRunner
 from redis_broker.testing import wait_for
 from tests.testapp.consumers import HANDLED, attempts_key
 
-pytestmark = pytest.mark.usefixtures("fast_consumers")
+from .helpers import dead_letters
 
-DLQ = "test.orders:dlq"
+pytestmark = pytest.mark.usefixtures("fast_consumers")
 
 
 def run_burst(*selectors: str, **options: Any) -> tuple[int, list[str], ConsumerRunner]:
@@ -60,7 +60,7 @@ def test_sync_handlers_run_in_threads_and_may_use_the_orm(redis_client: redis.Re
     assert len({event_id for event_id, _, _ in handled(redis_client)}) == 120
     assert runner.workers[0].stats.processed == 120
     assert redis_client.xpending("test.sync", "workers")["pending"] == 0
-    assert redis_client.xlen("test.sync:dlq") == 0
+    assert redis_client.xlen(dead_letters("test.sync")) == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -95,7 +95,7 @@ def test_handler_failing_twice_is_acked_on_the_third_delivery(redis_client: redi
     assert handled(redis_client)[0][2] == 3  # delivery_count seen by the handler
     assert redis_client.get(attempts_key(event_id)) == "3"
     assert redis_client.xpending("test.orders", "workers")["pending"] == 0
-    assert redis_client.exists(DLQ) == 0
+    assert redis_client.exists(dead_letters("test.orders")) == 0
     assert (runner.workers[0].stats.failed, runner.workers[0].stats.processed) == (2, 1)
 
 
@@ -106,7 +106,7 @@ def test_entry_is_dead_lettered_after_max_deliveries(redis_client: redis.Redis) 
     code, lines, _ = run_burst("scripted")
     assert code == 0
     assert redis_client.get(attempts_key(original[1]["event_id"])) == "3"  # MAX_DELIVERIES
-    ((_, dead),) = redis_client.xrange(DLQ)
+    ((_, dead),) = redis_client.xrange(dead_letters("test.orders"))
     assert dead.pop("traceback").endswith("RuntimeError: planned failure 3")
     assert dead == {
         **original[1],
@@ -125,7 +125,7 @@ def test_reject_dead_letters_at_once(redis_client: redis.Redis) -> None:
     (event_id,) = event_ids(redis_client, "test.orders")
     run_burst("scripted")
     assert redis_client.get(attempts_key(event_id)) == "1"
-    ((_, dead),) = redis_client.xrange(DLQ)
+    ((_, dead),) = redis_client.xrange(dead_letters("test.orders"))
     assert dead["error"].startswith("redis_broker.exceptions.Reject: ")
     assert dead["delivery_count"] == "1"
 
@@ -145,7 +145,7 @@ def test_malformed_entry_is_dead_lettered_and_the_next_is_processed(
     assert code == 0
     assert f"entry {bad_json} is malformed" in caplog.text
     assert "b'" not in caplog.text
-    dead = redis_client.xrange(DLQ)
+    dead = redis_client.xrange(dead_letters("test.orders"))
     assert [fields["original_id"] for _, fields in dead] == [bad_json, no_data]
     assert all("MalformedEntry" in fields["error"] for _, fields in dead)
     assert dead[1][1]["body"] == "x"  # the original fields are kept
@@ -239,7 +239,7 @@ def test_a_poison_entry_is_dead_lettered_at_once_and_the_next_100_are_handled(
     code, _, runner = run_burst("scripted")
     assert code == 0
     assert len(handled(redis_client)) == 100
-    ((_, dead),) = redis_client.xrange(DLQ)
+    ((_, dead),) = redis_client.xrange(dead_letters("test.orders"))
     assert dead["original_id"] == poison_id
     assert "MalformedEntry: " in dead["error"]
     assert dead["delivery_count"] == "1"

@@ -17,6 +17,8 @@ import redis
 import redis.asyncio
 
 from redis_broker import publish, publish_many
+from redis_broker.conf import get_config
+from redis_broker.connection import build_async_client
 from redis_broker.heartbeat import WorkerInfo, live_workers
 from redis_broker.testing import wait_for
 from tests.testapp.consumers import HANDLED, SPANS, attempts_key
@@ -157,12 +159,12 @@ def test_a_restarted_worker_takes_its_name_back_after_a_crash(
 
 
 def test_live_workers_lists_a_running_worker_and_forgets_it_after_it_stops(
-    redis_broker_url: str, start_worker: Callable[..., Worker]
+    start_worker: Callable[..., Worker],
 ) -> None:
     """Tests the heartbeat others read: name, pid and consumers while it runs, gone after."""
 
     async def names() -> dict[str, WorkerInfo]:
-        client = redis.asyncio.Redis.from_url(redis_broker_url)
+        client = build_async_client(get_config())  # a cluster client on a cluster
         try:
             return {info.name: info for info in await live_workers(client, "")}
         finally:

@@ -10,6 +10,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from django.urls import reverse
 
 from redis_broker.conf import get_config
@@ -17,11 +19,13 @@ from redis_broker.consumers.channels import ChannelWorker
 from redis_broker.consumers.lists import ListWorker
 from redis_broker.consumers.registry import ChannelConsumerSpec, ListConsumerSpec
 from redis_broker.heartbeat import Heartbeat
+from redis_broker.naming import dead_letter_name
 from redis_broker.relay.status import encode_status, write_status
 
 STREAM = "orders"
 GROUP = "billing"
-DLQ = "orders:dlq"
+#: The dead-letter stream of STREAM: "orders:dlq", or "{orders}:dlq" on a cluster.
+DLQ = dead_letter_name(STREAM, ":dlq")
 LIST = "jobs"
 #: A worker of LIST that died (no heartbeat) with items in its processing list.
 DEAD_WORKER = "w-dead"
@@ -59,6 +63,28 @@ class Seeded:
     dead_event_ids: list[str]  # their event_id fields
     items: list[str]  # the elements waiting in LIST, head first
     taken: list[str]  # the elements in DEAD_WORKER's processing list of LIST, oldest first
+
+
+def async_client(url: str) -> redis.asyncio.Redis:
+    """Return a plain asyncio client of the session's Redis: a cluster client on a cluster."""
+    if get_config().cluster:
+        return redis.asyncio.cluster.RedisCluster.from_url(url)  # type: ignore[return-value]
+    return redis.asyncio.Redis.from_url(url)
+
+
+def raw_client(url: str) -> redis.Redis:
+    """Return a plain client with bytes replies, as the app's: a cluster client on a cluster."""
+    if get_config().cluster:
+        return redis.cluster.RedisCluster.from_url(url)  # type: ignore[return-value]
+    return redis.Redis.from_url(url)
+
+
+def connected_clients(client: redis.Redis) -> int:
+    """Return the clients connected to Redis: summed over the masters of a cluster."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        infos = client.info(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        return sum(int(info["connected_clients"]) for info in infos.values())
+    return int(client.info()["connected_clients"])
 
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
@@ -125,7 +151,7 @@ def beat(
         return {"consumers": consumers, "in_flight": 0, "oldest_call_s": None}
 
     async def claim() -> None:
-        client = redis.asyncio.Redis.from_url(url)
+        client = async_client(url)
         try:
             heartbeat = Heartbeat(
                 client, prefix=config.key_prefix, name=name, interval=interval, describe=describe
@@ -153,7 +179,7 @@ def write_relay_status(redis_url: str, process: str, **counts: Any) -> None:
     )
 
     async def write() -> None:
-        client = redis.asyncio.Redis.from_url(redis_url)
+        client = async_client(redis_url)
         try:
             await write_status(client, "", process, record)
         finally:

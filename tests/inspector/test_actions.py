@@ -13,6 +13,7 @@ from django.test import Client
 
 from redis_broker import wire
 from redis_broker.models import Broker
+from redis_broker.naming import dead_letter_name, prefixed
 
 from .helpers import DLQ, GROUP, STREAM, Seeded, url
 
@@ -86,9 +87,13 @@ def test_requeue_honours_key_prefix(
     settings.REDIS_BROKER = {**settings.REDIS_BROKER, "KEY_PREFIX": "app:"}
     fields = wire.encode_entry({"x": 1}, type="t")
     dead = redis_client.xadd(
-        "app:jobs:dlq",
+        prefixed("app:", dead_letter_name("jobs", ":dlq")),  # {app:jobs}:dlq on a cluster
         wire.dead_letter_fields(
-            fields, original_stream="app:jobs", original_id="1-0", error="e", delivery_count=1
+            fields,
+            original_stream=prefixed("app:", "jobs"),
+            original_id="1-0",
+            error="e",
+            delivery_count=1,
         ),
     )
     response = admin_client.post(url("requeue", stream="jobs"), {"ids": [dead]})

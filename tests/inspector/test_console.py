@@ -15,6 +15,7 @@ from django.test import Client
 from redis_broker import wire
 from redis_broker.connection import get_redis
 from redis_broker.inspector import actions, search
+from redis_broker.naming import worker_key, workers_key
 from redis_broker.testing import free_port, wait_for
 
 from .helpers import (
@@ -26,6 +27,7 @@ from .helpers import (
     Seeded,
     beat,
     channel_spec,
+    connected_clients,
     list_spec,
     snapshot,
     url,
@@ -88,7 +90,7 @@ def test_overview_figures_are_what_redis_says_and_reading_them_writes_nothing(
     assert orders["dead_letters"] == redis_client.xlen(DLQ) == 2
     assert orders["last_id"] == info["last-entry"][0]
     assert streams[DLQ]["dead_letter_of"] == STREAM
-    assert data["server"]["connected_clients"] == redis_client.info()["connected_clients"]
+    assert data["server"]["connected_clients"] == connected_clients(redis_client)
     assert data["outbox"] == 0
 
 
@@ -135,16 +137,18 @@ def test_live_endpoints_follow_the_page_permissions(
 
 
 def test_workers_page_lists_live_workers_with_what_they_consume(
-    admin_client: Client, redis_broker_url: str
+    admin_client: Client, redis_broker_url: str, redis_broker_cluster: bool
 ) -> None:
     """Tests that each heartbeat shows as a row: name, host, pid, consumers; names escaped."""
+    # A cluster has no pattern subscriptions (sharded Pub/Sub): a channel by name there.
+    prices = "prices.eur" if redis_broker_cluster else "prices.{symbol}"
     with ThreadPoolExecutor(1) as thread:
         thread.submit(
             beat,
             redis_broker_url,
             "w-<b>1</b>",
             list_spec(LIST),
-            channel_spec("prices.{symbol}", "on_price"),
+            channel_spec(prices, "on_price"),
         ).result()
     page = admin_client.get(url("workers"))
     body = page.content.decode()
@@ -152,7 +156,7 @@ def test_workers_page_lists_live_workers_with_what_they_consume(
     assert row.info.name == "w-<b>1</b>"
     assert [(c.kind, c.name, c.source) for c in row.consumers] == [
         ("list", "run_job", LIST),
-        ("channel", "on_price", "prices.{symbol}"),
+        ("channel", "on_price", prices),
     ]
     assert "w-&lt;b&gt;1&lt;/b&gt;" in body and "w-<b>1</b>" not in body
     assert f"pid {row.info.pid}" in body
@@ -203,8 +207,8 @@ def test_workers_page_shows_what_a_newer_heartbeat_adds_and_tolerates_what_it_la
             {"kind": "mystery"},
         ],
     }
-    redis_client.hset("redis-broker:worker:w-new", mapping={"token": "t", "info": json.dumps(info)})
-    redis_client.zadd("redis-broker:workers", {"w-new": 4_000_000_000})
+    redis_client.hset(worker_key("", "w-new"), mapping={"token": "t", "info": json.dumps(info)})
+    redis_client.zadd(workers_key(""), {"w-new": 4_000_000_000})
     body = admin_client.get(url("workers")).content.decode()
     assert "2 in flight" in body and "oldest call 42 s" in body
     assert "not live</strong>, ready" in body and "no progress for 42 s" in body
@@ -294,7 +298,7 @@ def test_bulk_requeue_of_1000_dead_letters_appends_them_all_and_logs_one_entry(
     event_ids = dead_letters(redis_client, 1000)
     confirm = operator.get(url("requeue_matching", stream=STREAM))
     assert confirm.status_code == 200
-    assert "Requeue 1,000 dead letters of orders:dlq?" in confirm.content.decode()
+    assert f"Requeue 1,000 dead letters of {DLQ}?" in confirm.content.decode()
     assert redis_client.xlen(DLQ) == 1000  # the GET changed nothing
     response = operator.post(url("requeue_matching", stream=STREAM))
     assert response.status_code == 302
@@ -302,7 +306,7 @@ def test_bulk_requeue_of_1000_dead_letters_appends_them_all_and_logs_one_entry(
     requeued = redis_client.xrange(STREAM)[1:]
     assert [fields["event_id"] for _, fields in requeued] == event_ids
     (entry,) = LogEntry.objects.all()
-    assert entry.object_repr == "Requeued 1,000 dead letters of orders:dlq to orders"
+    assert entry.object_repr == f"Requeued 1,000 dead letters of {DLQ} to {STREAM}"
     assert entry.object_id == STREAM
 
 
@@ -329,7 +333,7 @@ def test_bulk_delete_of_matching_dead_letters(operator: Client, redis_client: re
     dead_letters(redis_client, 5, error="KeyError: gone")
     operator.post(url("delete_matching", stream=STREAM), {"by": "error", "q": "KeyError"})
     assert [f["event_id"] for _, f in redis_client.xrange(DLQ)] == keep
-    assert LogEntry.objects.get().object_repr == "Deleted 5 dead letters of orders:dlq"
+    assert LogEntry.objects.get().object_repr == f"Deleted 5 dead letters of {DLQ}"
 
 
 def test_bulk_actions_stop_at_their_limit_and_say_so(
@@ -341,7 +345,7 @@ def test_bulk_actions_stop_at_their_limit_and_say_so(
     monkeypatch.setattr(actions, "BULK_CHUNK", 2)
     event_ids = dead_letters(redis_client, 8)
     question = operator.get(url("requeue_matching", stream=STREAM)).content.decode()
-    assert "Requeue 5 dead letters of orders:dlq (the oldest 5; more remain)?" in question
+    assert f"Requeue 5 dead letters of {DLQ} (the oldest 5; more remain)?" in question
     response = operator.post(url("requeue_matching", stream=STREAM), follow=True)
     assert "run it again for the rest" in response.content.decode()
     assert [f["event_id"] for _, f in redis_client.xrange(STREAM)] == event_ids[:5]

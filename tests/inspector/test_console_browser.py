@@ -15,7 +15,7 @@ from redis_broker import wire
 from redis_broker.inspector import views
 from tests.consumers.helpers import Worker
 
-from .helpers import STREAM, Seeded
+from .helpers import DLQ, STREAM, Seeded
 from .test_browser import admin_page
 from .test_console import dead_letters, fill
 
@@ -144,16 +144,16 @@ def test_bulk_requeue_of_1000_matching_dead_letters_in_the_browser(
         page.wait_for_selector("#search-summary")
         page.click("#requeue-all")
         page.wait_for_selector("#selection")
-        assert "Requeue 1,000 dead letters of orders:dlq whose error contains" in page.inner_text(
+        assert f"Requeue 1,000 dead letters of {DLQ} whose error contains" in page.inner_text(
             "#content"
         )
         page.screenshot(path=str(artifacts_dir / "console-bulk-confirm.png"), full_page=True)
         page.click("input[type=submit][value^='Yes']")
         page.wait_for_selector(".messagelist .success")
-        assert "Requeued 1,000 dead letters of orders:dlq" in page.inner_text(".messagelist")
+        assert f"Requeued 1,000 dead letters of {DLQ}" in page.inner_text(".messagelist")
         page.screenshot(path=str(artifacts_dir / "console-bulk-done.png"), full_page=True)
     assert dialogs == []
-    assert redis_client.xlen(STREAM) == 1000 and redis_client.xlen("orders:dlq") == 3
+    assert redis_client.xlen(STREAM) == 1000 and redis_client.xlen(DLQ) == 3
     assert LogEntry.objects.get().object_repr == (
-        "Requeued 1,000 dead letters of orders:dlq to orders"
+        f"Requeued 1,000 dead letters of {DLQ} to {STREAM}"
     )

@@ -8,13 +8,16 @@ import pytest
 import redis
 from django.test import Client, override_settings
 from django.urls import reverse
+from redis.commands.core import StreamCommands
 
 from redis_broker import wire
 from redis_broker.inspector import queries
+from redis_broker.inspector.nodes import every_node
 from redis_broker.models import OutboxEvent
+from redis_broker.naming import prefixed
 from redis_broker.testing import free_port, wait_for
 
-from .helpers import DLQ, GROUP, PAGES, STREAM, Seeded, url
+from .helpers import DLQ, GROUP, PAGES, STREAM, Seeded, raw_client, url
 
 pytestmark = pytest.mark.django_db
 
@@ -40,12 +43,18 @@ def test_overview_lists_only_streams_under_key_prefix(
 ) -> None:
     """Tests that KEY_PREFIX limits the listing and is stripped from the names shown."""
     settings.REDIS_BROKER = {**settings.REDIS_BROKER, "KEY_PREFIX": "app:"}
-    redis_client.xadd("app:orders", {"data": "1"})
+    redis_client.xadd(prefixed("app:", STREAM), {"data": "1"})
+    # {app:orders}:dlq on a cluster: the prefix goes inside the hash tag.
+    redis_client.xadd(prefixed("app:", DLQ), {"data": "1"})
     redis_client.xadd("other", {"data": "1"})
+    redis_client.xadd(prefixed("ap:", DLQ), {"data": "1"})  # another prefix's
     redis_client.set("app:not-a-stream", "x")
     response = admin_client.get(url("broker_changelist"))
-    assert [s.name for s in response.context["listing"].streams] == ["orders"]
-    assert admin_client.get(url("stream", stream="orders")).status_code == 200
+    streams = response.context["listing"].streams
+    assert [s.name for s in streams] == [STREAM, DLQ]
+    assert (streams[0].dead_letters, streams[1].dead_letter_of) == (1, STREAM)
+    assert admin_client.get(url("stream", stream=STREAM)).status_code == 200
+    assert len(admin_client.get(url("dead_letters", stream=STREAM)).context["page"].entries) == 1
 
 
 def test_stream_page_shows_newest_entries_first_as_indented_json(
@@ -95,13 +104,14 @@ def test_stream_pages_follow_cursors_and_read_one_page_only(
     """Tests cursor paging both ways, and that a page asks Redis for count + 1 entries only."""
     ids = [redis_client.xadd(STREAM, {"data": str(n)}) for n in range(60)]
     counts: list[int] = []
-    original = redis.Redis.xrevrange
+    # Where the method lives for both clients' pipelines (a cluster's included).
+    original = StreamCommands.xrevrange
 
     def spy(self: Any, name: Any, max: str = "+", min: str = "-", count: Any = None) -> Any:
         counts.append(count)
         return original(self, name, max, min, count)
 
-    monkeypatch.setattr(redis.Redis, "xrevrange", spy)
+    monkeypatch.setattr(StreamCommands, "xrevrange", spy)
     first = admin_client.get(url("stream", stream=STREAM), {"count": 25})
     assert [e.id for e in first.context["page"].entries] == ids[:-26:-1]
     assert first.context["newer_url"] is None
@@ -155,7 +165,7 @@ def test_pending_page_is_paged_and_filtered_by_consumer(
     assert [p.id for p in only_c1.context["page"].entries] == seeded.pending[1:]
     paged = admin_client.get(url("pending", stream=STREAM, group=GROUP), {"count": 25})
     assert paged.context["next_url"] is None
-    with redis.Redis.from_url(redis_broker_url) as raw:
+    with raw_client(redis_broker_url) as raw:
         page = queries.read_pending(raw, prefix="", name=STREAM, group=GROUP, count=3)
         assert [p.id for p in page.entries] == seeded.pending[:3]
         assert page.next_after == seeded.pending[2]
@@ -229,7 +239,7 @@ def test_pubsub_page_lists_channels_with_subscriber_counts(
         for pubsub in subscribers:
             pubsub.subscribe("chat.lobby")
         wait_for(
-            lambda: redis_client.pubsub_numsub("chat.lobby")[0][1] == 2,
+            lambda: redis_client.pubsub_numsub("chat.lobby", **every_node(redis_client))[0][1] == 2,
             timeout=5,
             message="two subscribers",
         )

@@ -15,6 +15,7 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import User
 from django.test import Client
 
+from redis_broker.inspector.nodes import every_node
 from redis_broker.testing import wait_for
 from tests.helpers import closing_db, subprocess_env
 from tests.relay.live_server import LiveServer, session_cookie
@@ -32,7 +33,7 @@ def subscribed(client: redis.Redis, *channels: str) -> Iterator[None]:
     pubsub.subscribe(*channels)
     try:
         wait_for(
-            lambda: all(n == 1 for _, n in client.pubsub_numsub(*channels)),
+            lambda: all(n == 1 for _, n in client.pubsub_numsub(*channels, **every_node(client))),
             timeout=5,
             message="the subscriptions",
         )

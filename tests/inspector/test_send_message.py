@@ -10,6 +10,7 @@ import redis
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import User
 from django.test import Client
+from redis.cluster import RedisCluster
 
 from redis_broker.testing import wait_for
 
@@ -50,16 +51,22 @@ def test_send_honours_key_prefix(
 def test_send_broadcasts_on_a_channel_and_shows_the_receiver_count(
     admin_client: Client, redis_client: redis.Redis
 ) -> None:
-    """Tests that a channel message reaches a live subscriber and the count is reported."""
-    pubsub = redis_client.pubsub()
+    """Tests that a channel message reaches a live subscriber and the count is reported (a
+    sharded subscriber on a cluster, where ``broadcast`` uses SPUBLISH)."""
+    pubsub: Any = redis_client.pubsub()
+    sharded = isinstance(redis_client, RedisCluster)
+    receive = pubsub.get_sharded_message if sharded else pubsub.get_message
     try:
-        pubsub.subscribe("alerts")
-        wait_for(lambda: pubsub.get_message(timeout=0.05) is not None)  # the subscribe reply
+        if sharded:
+            pubsub.ssubscribe("alerts")
+        else:
+            pubsub.subscribe("alerts")
+        wait_for(lambda: receive(timeout=0.05) is not None)  # the subscribe reply
         response = admin_client.post(
             url("send"), {"kind": "channel", "name": "alerts", "payload": '"hello"'}, follow=True
         )
         assert "on channel alerts: 1 subscriber received it" in response.content.decode()
-        message = wait_for(lambda: pubsub.get_message(timeout=0.05))
+        message = wait_for(lambda: receive(timeout=0.05))
         assert json.loads(message["data"])["data"] == "hello"
     finally:
         pubsub.close()

@@ -45,7 +45,7 @@ def rows(n: int, stream: str = "shop.orders", start: int = 0) -> list[tuple[str,
 def stoppable_redis(redis_server_factory: object) -> Iterator[RedisServer]:
     """Point REDIS_BROKER at a private Redis the test may stop and start again."""
     server: RedisServer = redis_server_factory()  # type: ignore[operator]
-    with broker_settings(URL=server.url, RETRIES=0, SOCKET_CONNECT_TIMEOUT=0.5):
+    with broker_settings(URL=server.url, CLUSTER=False, RETRIES=0, SOCKET_CONNECT_TIMEOUT=0.5):
         yield server
 
 

@@ -14,7 +14,7 @@ from redis_broker import abroadcast
 from redis_broker.conf import get_config
 from redis_broker.relay.hub import get_hub
 
-from .helpers import receive, send, subscribe
+from .helpers import receive, send, subscribe, subscribers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,7 +48,7 @@ async def test_two_sockets_share_one_redis_subscription(connect, make_user, redi
     first, second = await connect(alice), await connect(bob)
     await subscribe(first, "chat.lobby")
     await subscribe(second, "chat.lobby")
-    assert redis_client.pubsub_numsub("chat.lobby") == [("chat.lobby", 1)]
+    assert subscribers(redis_client, "chat.lobby") == 1
     await abroadcast("chat.lobby", {"n": 1})
     assert (await receive(first))["data"] == {"n": 1}
     assert (await receive(second))["data"] == {"n": 1}
@@ -63,10 +63,10 @@ async def test_hub_unsubscribes_after_last_local_socket_leaves(
     await subscribe(second, "chat.lobby")
     await send(first, {"action": "unsubscribe", "channel": "chat.lobby"})
     assert await receive(first) == {"type": "unsubscribed", "channel": "chat.lobby"}
-    assert redis_client.pubsub_numsub("chat.lobby") == [("chat.lobby", 1)]
+    assert subscribers(redis_client, "chat.lobby") == 1
     await send(second, {"action": "unsubscribe", "channel": "chat.lobby"})
     assert await receive(second) == {"type": "unsubscribed", "channel": "chat.lobby"}
-    assert redis_client.pubsub_numsub("chat.lobby") == [("chat.lobby", 0)]
+    assert subscribers(redis_client, "chat.lobby") == 0
     assert "chat.lobby" not in get_hub().channels
 
 
@@ -276,6 +276,6 @@ async def test_key_prefix_is_applied_to_redis_channels(connect, make_user, redis
         assert get_config().key_prefix == "site1:"
         socket = await connect(await make_user("alice"))
         await subscribe(socket, "chat.lobby")
-        assert redis_client.pubsub_numsub("site1:chat.lobby") == [("site1:chat.lobby", 1)]
+        assert subscribers(redis_client, "site1:chat.lobby") == 1
         await abroadcast("chat.lobby", 1)
         assert (await receive(socket))["channel"] == "chat.lobby"

@@ -17,8 +17,10 @@ from django.test import override_settings
 from websockets.exceptions import ConnectionClosed
 
 from redis_broker import abroadcast
+from redis_broker.connection import pubsub_publish
 from tests.helpers import ROOT, subprocess_env
 
+from .helpers import single_node, single_node_env
 from .live_server import LiveServer, session_cookie
 from .ws_client import open_socket
 
@@ -85,7 +87,7 @@ async def test_sockets_get_messages_within_5s_of_a_redis_restart(
 ) -> None:
     """Tests that after the server's Redis restarts, sockets receive messages again within 5 s."""
     redis_server = redis_server_factory()
-    env = subprocess_env(REDIS_URL=redis_server.url)
+    env = single_node_env(redis_server.url)
     cookie = await sync_to_async(session_cookie)(alice)
     with LiveServer(env) as server:
         socket = await open_socket(server.ws_url, cookie=cookie)
@@ -99,7 +101,7 @@ async def test_sockets_get_messages_within_5s_of_a_redis_restart(
         except TimeoutError:
             pytest.fail(f"no gap frame within 5 s; daphne said:\n{server.output()}")
         assert gap == {"type": "gap", "channel": "chat.lobby"}
-        broker = {**settings.REDIS_BROKER, "URL": redis_server.url}
+        broker = {**settings.REDIS_BROKER, **single_node(redis_server.url)}
         with override_settings(REDIS_BROKER=broker):
             assert await abroadcast("chat.lobby", "back") == 1
         assert (await socket.receive(within=5))["data"] == "back"
@@ -180,7 +182,7 @@ async def test_deep_message_leaves_the_live_servers_sockets_untouched(
     socket = await open_socket(daphne_server.ws_url, cookie=cookie)
     await socket.subscribe("chat.lobby")
     deep = "[" * 1000 + "1" + "]" * 1000
-    assert redis_client.publish("chat.lobby", deep) == 1
+    assert pubsub_publish(redis_client, "chat.lobby", deep) == 1  # SPUBLISH on a cluster
     await asyncio.to_thread(broadcast_from_another_process, "chat.lobby", "after", env=live_env)
     frame = await socket.receive()
     assert (frame["type"], frame["data"]) == ("message", "after")

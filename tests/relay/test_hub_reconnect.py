@@ -13,29 +13,20 @@ from django.test import override_settings
 from redis_broker import abroadcast, broadcast
 from redis_broker.relay.hub import get_hub
 
-from .helpers import receive, subscribe
+from .helpers import kill_pubsub_clients, receive, single_node, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def kill_pubsub_clients(url: str) -> int:
-    """Kill every Pub/Sub connection on the server at ``url``; return how many."""
-    client = redis.Redis.from_url(url)
-    try:
-        return int(client.client_kill_filter(_type="pubsub"))
-    finally:
-        client.close()
-
-
 async def test_killed_connection_resubscribes_and_reports_gap(
-    connect, make_user, redis_broker_url
+    connect, make_user, redis_client
 ) -> None:
     """Tests that after the Pub/Sub connection dies, a non-durable channel gets a gap
     frame and then live messages again."""
     socket = await connect(await make_user("alice"))
     await subscribe(socket, "chat.lobby")
     hub = get_hub()
-    assert kill_pubsub_clients(redis_broker_url) == 1
+    assert kill_pubsub_clients(redis_client) == 1
     assert await receive(socket) == {"type": "gap", "channel": "chat.lobby"}
     assert hub.stats.reconnects == 1
     await abroadcast("chat.lobby", "again")
@@ -43,7 +34,7 @@ async def test_killed_connection_resubscribes_and_reports_gap(
 
 
 async def test_durable_channel_replays_across_a_killed_connection(
-    connect, make_user, redis_broker_url
+    connect, make_user, redis_client
 ) -> None:
     """Tests that with a publisher running while the connection is killed, a durable
     channel delivers every message exactly once and reports no gap."""
@@ -61,7 +52,7 @@ async def test_durable_channel_replays_across_a_killed_connection(
             for n in range(total):
                 broadcast(channel, n)
                 if n in (50, 120):
-                    kill_pubsub_clients(redis_broker_url)
+                    kill_pubsub_clients(redis_client)
 
         await asyncio.to_thread(publish_all)
         frames: list[dict[str, Any]] = []
@@ -75,7 +66,7 @@ async def test_durable_channel_replays_across_a_killed_connection(
 async def test_redis_restart_is_survived(connect, make_user, redis_server_factory) -> None:
     """Tests that when Redis goes away and comes back, sockets are resubscribed and told."""
     server = redis_server_factory()
-    with override_settings(REDIS_BROKER={**settings.REDIS_BROKER, "URL": server.url}):
+    with override_settings(REDIS_BROKER={**settings.REDIS_BROKER, **single_node(server.url)}):
         socket = await connect(await make_user("alice"))
         await subscribe(socket, "chat.lobby")
         hub = get_hub()
@@ -95,7 +86,7 @@ async def test_watchdog_reconnects_a_connection_that_stops_answering(
 ) -> None:
     """Tests that a Pub/Sub connection whose PING goes unanswered is dropped and rebuilt."""
     server = redis_server_factory()
-    broker = {**settings.REDIS_BROKER, "URL": server.url}
+    broker = {**settings.REDIS_BROKER, **single_node(server.url)}
     broker["WEBSOCKET"] = {**broker.get("WEBSOCKET", {}), "PING_INTERVAL": 0.3}
     with override_settings(REDIS_BROKER=broker):
         socket = await connect(await make_user("alice"))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from redis_broker import abroadcast, wire
+from redis_broker.connection import pubsub_publish
 from redis_broker.relay.hub import get_hub
 
 from .helpers import receive, send, subscribe
@@ -50,7 +51,7 @@ async def test_undecodable_messages_are_dropped_and_the_hub_keeps_its_connection
         await subscribe(socket, "chat.lobby")
     hub = get_hub()
     for raw in POISON_MESSAGES:
-        assert redis_client.publish("chat.lobby", raw) == 1
+        assert pubsub_publish(redis_client, "chat.lobby", raw) == 1  # SPUBLISH on a cluster
     await abroadcast("chat.lobby", "after the poison")
     for socket in sockets:
         frame = await receive(socket)

@@ -31,7 +31,7 @@ from redis_broker.relay.status import (
 )
 from redis_broker.testing import wait_for
 
-from .helpers import receive, send, subscribe
+from .helpers import receive, send, single_node, subscribe
 from .test_consumer import websocket_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -146,7 +146,7 @@ async def test_status_write_refused_by_redis_is_logged_once_and_sockets_carry_on
         # noeviction with no memory to spare: SET and ZADD are refused, PUBLISH is not.
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)
-        with override_settings(REDIS_BROKER={**settings.REDIS_BROKER, "URL": server.url}):
+        with override_settings(REDIS_BROKER={**settings.REDIS_BROKER, **single_node(server.url)}):
             user = await make_user("alice")
             tabs = [await connect(user)]
             await subscribe(tabs[0], "chat.lobby")

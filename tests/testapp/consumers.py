@@ -83,7 +83,8 @@ def scripted_sync(message: StreamMessage) -> None:
 
 PRICES = "test:prices"
 JOBS = "test.jobs"
-BILLED = "test.billed"
+# In the input's hash slot (its name as a hash tag), so the output works on a cluster too.
+BILLED = "{test.billing}.billed"
 
 
 @channel_consumer("test.prices.{symbol}")
@@ -112,7 +113,7 @@ def run_job(message: StreamMessage) -> None:
 
 @stream_consumer("test.billing", group="billing", output=BILLED)
 async def bill(message: StreamMessage) -> dict[str, object] | None:
-    """Return the bill of an order (appended to ``test.billed``), None for ``{"none": true}``."""
+    """Return the bill of an order (appended to ``BILLED``), None for ``{"none": true}``."""
     data = message.data if isinstance(message.data, dict) else {}
     attempts = await get_async_redis().incr(attempts_key(message.event_id))
     if sleep_ms := data.get("sleep_ms", 0):
