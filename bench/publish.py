@@ -41,6 +41,16 @@ PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items":
 MAXLEN = 100_000
 
 
+def raw_fields() -> dict[str, str]:
+    """Return what a hand-written producer would append: the same four fields."""
+    return {
+        "type": "order.created",
+        "data": json.dumps(PAYLOAD),
+        "event_id": str(uuid.uuid4()),
+        "published_at": datetime.now(UTC).isoformat(),
+    }
+
+
 def configure(url: str) -> None:
     settings.configure(
         INSTALLED_APPS=["redis_broker"],
@@ -91,14 +101,6 @@ def measure(url: str, seconds: float, batch_size: int) -> None:
     raw = redis.Redis.from_url(url)
     payload_text = json.dumps(PAYLOAD)
     print(f"Redis {raw.info()['redis_version']} at {url}; payload {len(payload_text)} bytes")
-
-    def raw_fields() -> dict[str, str]:
-        return {
-            "type": "order.created",
-            "data": json.dumps(PAYLOAD),
-            "event_id": str(uuid.uuid4()),
-            "published_at": datetime.now(UTC).isoformat(),
-        }
 
     def ours_one() -> int:
         publish("bench.ours", PAYLOAD, type="order.created")
@@ -156,7 +158,86 @@ def measure(url: str, seconds: float, batch_size: int) -> None:
     floor_ratio = best[f"publish_many() x{batch_size}"] / floor
     print(f"ratio publish_many()/pre-encoded floor:  {floor_ratio:.2f}  (4 fields vs 1)")
     raw.close()
+    concurrent_cost(url, seconds)
     metrics_cost(seconds)
+
+
+TASKS = 100
+
+
+def concurrent_cost(url: str, seconds: float) -> None:
+    """100 asyncio tasks, each awaiting ``apublish()`` one at a time (auto-pipelined: one
+    write per pass of the loop), against raw redis-py's async ``xadd`` awaited the same
+    way, and against one raw pipeline of 100 XADDs at a time (the same total); then a
+    lone caller against redis-py's ``xadd`` (what ``apublish()`` sent before)."""
+    import asyncio
+
+    import redis.asyncio
+
+    from redis_broker import apublish
+    from redis_broker.connection import aclose_async_redis, get_async_redis
+
+    async def run(step: Callable[[], Any], tasks: int, per_call: int, span: float) -> float:
+        done = 0
+        deadline = time.perf_counter() + span
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await step()
+                done += per_call
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(tasks)))
+        return done / (time.perf_counter() - started)
+
+    async def measure_all() -> dict[str, float]:
+        raw = redis.asyncio.Redis.from_url(url)
+
+        def ours() -> Any:
+            return apublish("bench.c.ours", PAYLOAD, type="order.created")
+
+        def raw_one() -> Any:
+            return raw.xadd("bench.c.raw", raw_fields(), maxlen=MAXLEN, approximate=True)
+
+        async def raw_pipeline() -> None:
+            pipe = raw.pipeline(transaction=False)
+            for _ in range(TASKS):
+                pipe.xadd("bench.c.raw", raw_fields(), maxlen=MAXLEN, approximate=True)
+            await pipe.execute()
+
+        def before() -> Any:  # what apublish() sent until auto-pipelining
+            return get_async_redis().xadd(
+                "bench.c.before", raw_fields(), maxlen=MAXLEN, approximate=True
+            )
+
+        results: dict[str, list[float]] = {}
+        for _ in range(2):
+            for name, step, tasks, per_call in [
+                (f"{TASKS} tasks, apublish()", ours, TASKS, 1),
+                (f"{TASKS} tasks, raw async xadd", raw_one, TASKS, 1),
+                (f"raw async pipeline x{TASKS}", raw_pipeline, 1, TASKS),
+                ("1 task, apublish()", ours, 1, 1),
+                ("1 task, client.xadd (before)", before, 1, 1),
+            ]:
+                await run(step, tasks, per_call, 0.2)  # warm up
+                results.setdefault(name, []).append(await run(step, tasks, per_call, seconds / 2))
+        await raw.aclose()
+        await aclose_async_redis()
+        return {name: max(values) for name, values in results.items()}
+
+    best = asyncio.run(measure_all())
+    print(f"Concurrent async publishing ({TASKS} tasks, one call at a time each):")
+    width = max(map(len, best))
+    for name, value in best.items():
+        print(f"  {name:<{width}}  {value:>10,.0f} entries/s")
+    ours = best[f"{TASKS} tasks, apublish()"]
+    one_by_one = ours / best[f"{TASKS} tasks, raw async xadd"]
+    pipelined = ours / best[f"raw async pipeline x{TASKS}"]
+    print(f"ratio apublish()/raw async xadd:        {one_by_one:.2f}  (target >= 3)")
+    print(f"ratio apublish()/raw async pipeline:    {pipelined:.2f}  (target >= 0.7)")
+    lone = best["1 task, apublish()"] / best["1 task, client.xadd (before)"]
+    print(f"ratio lone apublish()/before:           {lone:.2f}  (target >= 1, no slower)")
 
 
 def measure_cluster(single_url: str, cluster_url: str, seconds: float, batch_size: int) -> None:

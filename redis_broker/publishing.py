@@ -14,14 +14,15 @@ from itertools import chain
 from typing import Any, cast
 
 from . import wire
+from .autopipeline import autopipeline
 from .conf import BrokerConfig, get_config
 from .connection import (
     LuaScript,
-    apubsub_publish,
     atranslate_errors,
     execute_batch,
     get_async_redis,
     get_redis,
+    is_cluster,
     publish_command,
     pubsub_publish,
     translate_errors,
@@ -274,12 +275,19 @@ async def apublish(
                 args = [*_trim(config.stream_maxlen), "*", *_flat(fields)]
                 entry_id = (await axadd_and_wait(get_async_redis(), config, key, [args]))[0]
             else:
-                entry_id = await get_async_redis().xadd(
-                    key, cast(Any, fields), **trim_args(config.stream_maxlen)
-                )
+                command = ("XADD", key, *_trim(config.stream_maxlen), "*", *_flat(fields))
+                entry_id = await _acall(get_async_redis(), command)
     if config.metrics:
         count_published("stream")
     return _ids([entry_id])[0]
+
+
+async def _acall(client: Any, command: tuple[Any, ...]) -> Any:
+    """Send ``command`` with the other calls of this pass of the loop (one write, one
+    round trip: ``autopipeline.py``); a cluster client routes it by its key instead."""
+    if is_cluster(client):
+        return await client.execute_command(*command)
+    return await autopipeline(client).execute(*command)
 
 
 async def apublish_many(
@@ -334,7 +342,8 @@ async def abroadcast(
             message = _message(span, data, type, headers)
             key = prefixed(config.key_prefix, channel)
             async with atranslate_errors(lambda: _channel(key, durable=False)):
-                receivers = await apubsub_publish(get_async_redis(), key, message)
+                client = get_async_redis()
+                receivers = await _acall(client, (publish_command(client), key, message))
     if config.metrics:
         count_published("channel")
     return int(receivers)
@@ -382,7 +391,7 @@ async def apush(
         element = _message(span, data, type, headers)
         key = prefixed(config.key_prefix, list_name)
         async with atranslate_errors(lambda: _list(key)):
-            length = int(await get_async_redis().rpush(key, element))
+            length = int(await _acall(get_async_redis(), ("RPUSH", key, element)))
     if config.metrics:
         count_published("list")
     return length

@@ -97,7 +97,7 @@ def test_no_responders_is_raised_at_once_not_after_the_timeout(via: str) -> None
     started = time.monotonic()
     with pytest.raises(NoResponders, match="no one can answer"):
         request("nobody.home", {"q": 1}, timeout=5, via=via)
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 1.0  # at once: the timeout is 5 s
 
 
 def test_a_stream_whose_group_has_no_recent_reader_has_no_responders(
@@ -136,7 +136,7 @@ def test_a_handler_failing_for_good_raises_remote_error_at_once(
     serve(StreamConsumerSpec(func=handler, stream="rpc.fail", group="g", name="fail"))
     with pytest.raises(RemoteError) as raised:
         request("rpc.fail", payload, timeout=5)
-    assert time.time() - failed_at[-1] < 0.05
+    assert time.time() - failed_at[-1] < 1.0  # at once: the timeout is 5 s
     assert raised.value.type == error_type
     assert ("no price for this one" if error_type == "Reject" else "planned failure 3") in str(
         raised.value
@@ -399,4 +399,4 @@ def test_a_worker_on_a_quiet_stream_still_answers_and_a_stopped_one_does_not(
     started = time.monotonic()
     with pytest.raises(NoResponders):
         request(QUOTES, {"sku": "Q2"}, timeout=5)
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 1.0  # at once: the timeout is 5 s
