@@ -8,6 +8,7 @@ own 404 page, as a site would), ALLOWED_HOSTS.
 
 from pathlib import Path
 
+import django
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -87,7 +88,10 @@ LOGOUT_REDIRECT_URL = "home"
 
 # runconsumers sends the demo's e-mails (demo_site/demo/consumers.py); this backend keeps
 # them in the database, where /emails/ shows them.
-EMAIL_BACKEND = "demo_site.demo.mail.OutboxBackend"
+if django.VERSION >= (6, 1):  # MAILERS replaces EMAIL_BACKEND (deprecated in 6.1)
+    MAILERS = {"default": {"BACKEND": "demo_site.demo.mail.OutboxBackend"}}
+else:
+    EMAIL_BACKEND = "demo_site.demo.mail.OutboxBackend"
 DEFAULT_FROM_EMAIL = "demo@example.com"
 
 # The browser relay's control messages (disconnect_user) travel over the Channels layer.
