@@ -251,6 +251,14 @@ class RedisClusterServer:
     def start(self, timeout: float = 30.0) -> str:
         """Start every node, join them into a cluster and return the first node's URL
         once every node reports ``cluster_state:ok`` and every replica is in sync."""
+        try:
+            self._create(timeout)
+        except BaseException:
+            self.close()  # no node outlives a cluster that did not come up
+            raise
+        return self.url
+
+    def _create(self, timeout: float) -> None:
         for server in self.servers:
             server.start()
         cli = shutil.which("redis-cli") or str(Path(self.servers[0].binary).with_name("redis-cli"))
@@ -269,7 +277,6 @@ class RedisClusterServer:
             timeout=timeout,
         )
         wait_for(self.healthy, timeout=timeout, message="the cluster to be ready")
-        return self.url
 
     def healthy(self) -> bool:
         """Return True when every running node sees the cluster ok and its slots covered,
