@@ -282,7 +282,7 @@ class ChannelSubscriber:
                 await self._read(pubsub, stop)
             except asyncio.CancelledError:
                 raise
-            except CONNECTION_ERRORS + (OSError,) + CLUSTER_RETRY_ERRORS as exc:
+            except CONNECTION_ERRORS + CLUSTER_RETRY_ERRORS as exc:
                 self.subscribed.clear()
                 lost_at = lost_at or time.time()
                 delay = backoff.next_delay()

@@ -19,15 +19,14 @@ walk per pattern would cost once).
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 import redis.exceptions
 
-from ..connection import CONNECTION_ERRORS, is_cluster, unavailable
+from ..connection import is_cluster
 from ..naming import cluster_mode
 
 #: Keys looked at per SCAN call (about; Redis's COUNT is a hint).
@@ -202,37 +201,3 @@ def shard_numsub(client: redis.Redis, channels: Sequence[str]) -> dict[str, int]
             text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
             counts[text] = int(number)
     return counts
-
-
-def cluster_unreachable(exc: BaseException) -> bool:
-    """Return True when a cluster client's error means the cluster could not be reached.
-
-    redis-py reports a cluster it cannot reach (no startup node answers, every slot
-    owner down) as ``RedisClusterException`` or ``ClusterDownError``, which are not
-    connection errors; a cross-slot command is a ``RedisClusterException`` too, but
-    with no connection error behind it.
-    """
-    if isinstance(exc, redis.exceptions.ClusterDownError):
-        return True
-    if not isinstance(exc, redis.exceptions.RedisClusterException):
-        return False
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, CONNECTION_ERRORS):
-            return True
-        current = current.__cause__ or current.__context__
-    return "cannot be connected" in str(exc)
-
-
-@contextlib.contextmanager
-def translate_cluster_errors() -> Iterator[None]:
-    """Turn "the cluster cannot be reached" into ``BrokerUnavailable`` inside the block,
-    as ``connection.translate_errors`` does for a single Redis's connection errors."""
-    try:
-        yield
-    except (redis.exceptions.RedisClusterException, redis.exceptions.ClusterDownError) as exc:
-        if cluster_unreachable(exc):
-            raise unavailable(exc) from exc
-        raise

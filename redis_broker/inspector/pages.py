@@ -29,7 +29,6 @@ from ..conf import get_config
 from ..connection import get_redis, mask_url, translate_errors
 from ..exceptions import BrokerUnavailable
 from ..models import Broker, OutboxEvent
-from .nodes import translate_cluster_errors
 from .queries import EntryPage, KeyMissing, key_facts
 
 
@@ -79,7 +78,7 @@ def inspector_view(*, change: bool = False, data: bool = False) -> Callable[[Vie
             if change and not model_admin.has_change_permission(request):
                 raise PermissionDenied
             try:
-                with translate_errors(), translate_cluster_errors():
+                with translate_errors():  # a cluster that cannot be reached too
                     try:
                         return func(request, model_admin, *args, **kwargs)
                     except KeyMissing as exc:

@@ -24,7 +24,6 @@ from ..relay import channel_layer_prefixes
 from ..relay.status import read_relays
 from . import queries
 from .forms import DeadLetterSearchForm, EntryFilterForm, PendingFilterForm, SearchForm
-from .nodes import translate_cluster_errors
 from .pages import (
     InspectorAdmin,
     admin_url,
@@ -451,7 +450,7 @@ def outbox(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
     key_types: dict[str, str] = {}
     redis_error = ""
     try:
-        with translate_errors(), translate_cluster_errors():
+        with translate_errors():  # a cluster that cannot be reached too
             key_types = queries.key_types(get_redis(), prefix=get_config().key_prefix, names=names)
     except BrokerUnavailable as exc:
         redis_error = str(exc)

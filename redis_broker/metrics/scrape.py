@@ -57,12 +57,10 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisClusterException
 
 from .. import wire
 from ..conf import get_config
 from ..connection import REDIS_ERRORS, get_redis, is_cluster
-from ..inspector.nodes import cluster_unreachable
 from ..inspector.queries import scan_streams
 from ..naming import INTERNAL, dead_letter_name, dead_letter_source, prefixed, unprefixed
 from ..outbox import OutboxBacklog, backlog
@@ -301,13 +299,8 @@ class BrokerCollector(Collector):
                 dead_letter_suffix=config.consumers.dead_letter_suffix,
                 declared=sorted({spec.stream for spec in config.model_events.values()}),
             )
-        except REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:  # a cluster no node of which answers included
             logger.warning("Metrics scrape could not read Redis: %s", exc)
-            figures = None
-        except RedisClusterException as exc:  # not a RedisError: no node answered
-            if not cluster_unreachable(exc):
-                raise
-            logger.warning("Metrics scrape could not reach the Redis Cluster: %s", exc)
             figures = None
         try:
             outbox: OutboxBacklog | None = backlog()
