@@ -18,9 +18,25 @@ entries (a fresh process, so earlier runs do not count).
 The cost of metrics: ours again with ``REDIS_BROKER["METRICS"] = False`` (no counter,
 no histogram), interleaved with metrics on, and the ratio (target: on >= 90 % of off).
 
+How cost grows with streams: the same number of entries spread over 1, 10 and 100
+streams, one consumer each, all in one runner; per-entry cost of each and max/min
+(target: within 20 %).
+
+Then the engine's figures again (throughput against the raw loop, whole processes, 1/10/
+100 streams) in a child process that runs without hiredis: ``hiredis`` is hidden from it
+(``sys.modules["hiredis"] = None`` before redis-py is imported), so redis-py, ours and the
+raw loop alike, parse replies and pack commands in pure Python, as on an install
+without hiredis. ``--no-hiredis`` runs a whole invocation that way.
+
+Child processes run with bytecode caches, as an installed package has them: their
+``PYTHONDONTWRITEBYTECODE`` is dropped and ``PYTHONPYCACHEPREFIX`` points at a
+temporary directory, which an untimed first run of each fills.
+
     python bench/consume.py            # 100,000 entries
     python bench/consume.py --quick    # 20,000 entries, shorter latency runs
     python bench/consume.py --metrics-cost   # only the metrics on/off comparison
+    python bench/consume.py --engine   # only the engine's figures, with and without hiredis
+    python bench/consume.py --engine --no-hiredis   # only without hiredis
 
 With ``--cluster`` it starts a private three-master Redis Cluster beside its private
 single Redis and measures instead: the same consumers (ours async and sync, the raw
@@ -36,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -43,6 +60,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,6 +68,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+#: Set in the environment of a run without hiredis, so that its child processes (the
+#: burst and raw-loop scripts, the producer) run without it too.
+NO_HIREDIS = "BENCH_NO_HIREDIS"
+if "--no-hiredis" in sys.argv or os.environ.get(NO_HIREDIS):
+    os.environ[NO_HIREDIS] = "1"
+    sys.modules["hiredis"] = None  # type: ignore[assignment]  # import hiredis: ImportError
 
 import django  # noqa: E402
 import redis  # noqa: E402
@@ -217,11 +242,46 @@ def raw_child(url: str, name: str, count: int) -> None:
     asyncio.run(run_raw(url, name, count, handler))
 
 
+_PYCACHE = tempfile.TemporaryDirectory(prefix="bench-consume-pycache-")
+
+
+def child_env() -> dict[str, str]:
+    """Return the environment of a timed child: bytecode cached (in a temporary
+    directory), as an installed package's is, whatever this shell says."""
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": _PYCACHE.name}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def process_seconds(*args: str) -> float:
     """Return the wall-clock seconds a child process of this script takes, start to exit."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, __file__, *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, __file__, *args], check=True, stdout=subprocess.DEVNULL, env=child_env()
+    )
     return time.perf_counter() - started
+
+
+def whole_processes(url: str, entries: int, repeat: int) -> float:
+    """Print ``runconsumers --burst`` against the raw loop script over every entry, start-up
+    included (best of ``repeat``, interleaved, after an untimed run of each that fills
+    the bytecode cache); return raw / burst."""
+    group(url, "burst-warm", start="$")
+    process_seconds("--burst-child", url, "burst-warm")
+    group(url, "rawp-warm", start="$")
+    process_seconds("--raw-child", url, "rawp-warm", "0")
+    burst, raw = float("inf"), float("inf")
+    for attempt in range(repeat):
+        group(url, f"burst-{attempt}")
+        burst = min(burst, process_seconds("--burst-child", url, f"burst-{attempt}"))
+        group(url, f"rawp-{attempt}")
+        raw = min(raw, process_seconds("--raw-child", url, f"rawp-{attempt}", str(entries)))
+    ratio = raw / burst
+    print(f"Whole processes over {entries:,} entries, start-up included, best of {repeat}:")
+    print(f"  runconsumers --burst   {burst:6.2f} s   {entries / burst:>10,.0f} entries/s")
+    print(f"  raw loop script        {raw:6.2f} s   {entries / raw:>10,.0f} entries/s")
+    print(f"  burst / raw            {ratio:6.2f}x [>= 0.8] {'ok' if ratio >= 0.8 else 'MISSED'}")
+    return ratio
 
 
 # --- latency -----------------------------------------------------------------------------
@@ -369,20 +429,16 @@ def peak_rss(url: str, count: int) -> dict[int, int]:
 # --- main --------------------------------------------------------------------------------
 
 
-def metrics_cost(
-    measure: Callable[[str, int, Callable[[str], Any]], tuple[float, float]],
-    entries: int,
-    trivial_async: Callable[[Any], Any],
-    trivial_sync: Callable[[Any], Any],
-) -> None:
+def metrics_cost(url: str, entries: int) -> None:
     """Print ours with metrics on and off (interleaved, best of each) and the ratios."""
     print(f"Metrics cost, best of interleaved runs ({entries:,} entries; target on/off >= 0.90):")
-    for kind, handler in [("async", trivial_async), ("sync", trivial_sync)]:
+    for kind, handler in [("async", _trivial_async), ("sync", _trivial_sync)]:
         best: dict[bool, tuple[float, float]] = {True: (0.0, 0.0), False: (0.0, 0.0)}
         for round_ in range(2):  # on, off, on, off: drift on a busy machine hits both
             for on in (True, False):
                 name = f"m{kind}-{'on' if on else 'off'}-{round_}"
                 rate, cpu = measure(
+                    url,
                     name,
                     entries,
                     lambda g, on=on, handler=handler: run_ours(handler, g, metrics=on),
@@ -402,6 +458,162 @@ def metrics_cost(
         )
 
 
+async def _trivial_async(message: Any) -> None:
+    pass
+
+
+def _trivial_sync(message: Any) -> None:
+    pass
+
+
+async def _trivial_raw(data: Any) -> None:
+    pass
+
+
+def measure(url: str, name: str, count: int, run: Callable[[str], Any]) -> tuple[float, float]:
+    """Run ``run`` once in a new group ``name``; return its wall-clock and CPU rates.
+
+    The CPU rate (entries per CPU second of the consumer) shrugs off other load on the
+    machine; the Redis server's own work is not in it.
+    """
+    group(url, name)
+    wall, cpu = timed(lambda: run(name))
+    return count / wall, count / cpu
+
+
+def throughput(
+    url: str, contenders: list[tuple[str, int, Callable[[str], Any], int]], repeat: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Print and return the best wall-clock and CPU rates of ``(name, entries, run, runs)``
+    contenders, interleaved round by round (drift on a busy machine hits all alike)."""
+    rates: dict[str, float] = {}
+    cpu_rates: dict[str, float] = {}
+    for attempt in range(repeat):
+        for name, _count, run, runs in contenders:
+            if attempt < runs:
+                rate, cpu = measure(url, f"{name}-{attempt}", _count, run)
+                rates[name] = max(rates.get(name, 0.0), rate)
+                cpu_rates[name] = max(cpu_rates.get(name, 0.0), cpu)
+    for name, count, _run, _runs in contenders:
+        print(
+            f"  {name:<18} {rates[name]:>10,.0f} entries/s   "
+            f"{cpu_rates[name]:>10,.0f} per CPU second   ({count:,} entries)"
+        )
+    return rates, cpu_rates
+
+
+def print_ratios(checks: list[tuple[str, float, float | None]]) -> None:
+    """Print ``(label, ratio, target)`` lines with ok/MISSED against the target."""
+    for label, ratio, target in checks:
+        verdict = (
+            "" if target is None else (f"[>= {target}] " + ("ok" if ratio >= target else "MISSED"))
+        )
+        print(f"  {label:<26} {ratio:6.2f}x {verdict}")
+
+
+#: The layouts of the streams run: the same entries over this many streams.
+STREAM_COUNTS = (1, 10, 100)
+
+
+def streams_cost(url: str, entries: int, repeat: int) -> None:
+    """Print the per-entry cost of one runner consuming ``entries`` spread over 1, 10 and
+    100 streams (one consumer each, one group name), best of ``repeat``, and max/min."""
+    from redis_broker.consumers.registry import StreamConsumerSpec
+    from redis_broker.consumers.runner import ConsumerRunner
+
+    layouts = {n: [f"bench.streams.{n}.{i}" for i in range(n)] for n in STREAM_COUNTS}
+    for n, names in layouts.items():
+        for name in names:
+            prefill(url, entries // n, stream=name)
+    best = {n: (float("inf"), float("inf")) for n in layouts}
+    for attempt in range(repeat):
+        for n, names in layouts.items():
+            name = f"spread-{attempt}"
+            for stream in names:
+                group(url, name, stream)
+            specs = [
+                StreamConsumerSpec(func=_trivial_async, stream=stream, group=name, name=f"c{i}")
+                for i, stream in enumerate(names)
+            ]
+            runner = ConsumerRunner(
+                specs=specs, burst=True, relay_outbox=False, echo=lambda line: None
+            )
+            wall, cpu = timed(runner.run)
+            total = entries // n * n
+            best[n] = (min(best[n][0], wall / total * 1e6), min(best[n][1], cpu / total * 1e6))
+    print(
+        f"The same {entries:,} entries over 1, 10 and 100 streams, a consumer each, one "
+        f"process (runner in burst mode, start-up included; best of {repeat}):"
+    )
+    for n, (wall_us, cpu_us) in best.items():
+        print(f"  {n:>3} stream(s)   {wall_us:5.2f} us per entry   {cpu_us:5.2f} us CPU per entry")
+    walls, cpus = [w for w, _ in best.values()], [c for _, c in best.values()]
+    spread, cpu_spread = max(walls) / min(walls), max(cpus) / min(cpus)
+    print(
+        f"  max/min {spread:5.2f}x, CPU {cpu_spread:5.2f}x [<= 1.2] "
+        f"{'ok' if max(spread, cpu_spread) <= 1.2 else 'MISSED'}"
+    )
+
+
+def header(url: str, entries: int, size: int) -> None:
+    """Print the versions, the parser redis-py uses, and the data's size."""
+    import redis.utils
+
+    client = redis.Redis.from_url(url)
+    hiredis = (
+        f"hiredis {importlib.metadata.version('hiredis')}"
+        if redis.utils.HIREDIS_AVAILABLE
+        else "no hiredis (pure-Python parser and packer)"
+    )
+    print(
+        f"Redis {client.info()['redis_version']}, Python {sys.version.split()[0]}, "
+        f"redis-py {redis.__version__} with {hiredis}; "
+        f"{entries:,} entries, data {size} bytes, "
+        f"{client.memory_usage(STREAM) // entries} bytes per entry in Redis"
+    )
+    client.close()
+
+
+def engine(url: str, entries: int, repeat: int) -> None:
+    """Print the engine's figures: ours against the raw loop in this process, whole
+    processes, and 1/10/100 streams."""
+    contenders: list[tuple[str, int, Callable[[str], Any], int]] = [
+        ("ours-async", entries, lambda g: run_ours(_trivial_async, g), repeat),
+        ("ours-sync", entries, lambda g: run_ours(_trivial_sync, g), repeat),
+        ("raw", entries, lambda g: asyncio.run(run_raw(url, g, entries, _trivial_raw)), repeat),
+    ]
+    print(f"Throughput, best of {repeat}, interleaved:")
+    rates, cpu_rates = throughput(url, contenders, repeat)
+    print("Ratios of entries/s (targets in brackets):")
+    print_ratios(
+        [
+            ("async / raw", rates["ours-async"] / rates["raw"], 0.9),
+            ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], None),
+            ("sync / raw", rates["ours-sync"] / rates["raw"], 0.5),
+            ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], None),
+        ]
+    )
+    whole_processes(url, entries, repeat)
+    streams_cost(url, entries, repeat)
+
+
+def without_hiredis(entries: int, repeat: int) -> None:
+    """Run the engine's figures again in a child process that runs without hiredis."""
+    print("\nWithout hiredis (a child process with hiredis hidden from redis-py):", flush=True)
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--engine",
+            "--no-hiredis",
+            f"--entries={entries}",
+            f"--repeat={repeat}",
+        ],
+        check=True,
+        env=child_env(),
+    )
+
+
 def main() -> None:
     """Parse arguments, run every measurement, print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -417,6 +629,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--cluster", action="store_true", help="compare a private Redis Cluster with a single node"
+    )
+    parser.add_argument(
+        "--engine",
+        action="store_true",
+        help="only the engine's figures (against the raw loop, whole processes, 1/10/100 "
+        "streams), with hiredis and then without",
+    )
+    parser.add_argument(
+        "--no-hiredis",
+        action="store_true",
+        help="hide hiredis from redis-py in this run and its children (pure-Python parser)",
     )
     parser.add_argument("--spread-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -442,6 +665,7 @@ def main() -> None:
 
     entries = args.entries or (20_000 if args.quick else 100_000)
     latency_count = 4_000 if args.quick else 10_000
+    hidden = bool(os.environ.get(NO_HIREDIS))
 
     from redis_broker.testing import RedisServer
 
@@ -449,122 +673,75 @@ def main() -> None:
     url = server.start()
     try:
         configure(url)
-        client = redis.Redis.from_url(url)
-        size = prefill(url, entries)
-        print(
-            f"Redis {client.info()['redis_version']}, Python {sys.version.split()[0]}; "
-            f"{entries:,} entries, data {size} bytes, "
-            f"{client.memory_usage(STREAM) // entries} bytes per entry in Redis"
-        )
-        client.close()
-        rates: dict[str, float] = {}
+        header(url, entries, prefill(url, entries))
+        if args.engine:
+            engine(url, entries, args.repeat)
+        elif args.metrics_cost:
+            metrics_cost(url, entries)
+        else:
+            everything(url, entries, args.repeat, latency_count)
+    finally:
+        server.close()
+    if not hidden and not args.metrics_cost:
+        without_hiredis(entries, args.repeat)
 
-        async def trivial_async(message: Any) -> None:
-            pass
 
-        def trivial_sync(message: Any) -> None:
-            pass
-
-        async def trivial_raw(data: Any) -> None:
-            pass
-
-        def measure(name: str, count: int, run: Callable[[str], Any]) -> tuple[float, float]:
-            """Return the best wall-clock and CPU rates of ``repeat`` runs, each in a new group.
-
-            The CPU rate (entries per CPU second of the consumer) shrugs off other load on
-            the machine; the Redis server's own work is not in it.
-            """
-            best, best_cpu = 0.0, 0.0
-            for attempt in range(1 if name == "faststream" else args.repeat):
-                group_name = f"{name}-{attempt}"
-                group(url, group_name)
-                wall, cpu = timed(lambda g=group_name: run(g))
-                best, best_cpu = max(best, count / wall), max(best_cpu, count / cpu)
-            return best, best_cpu
-
-        if args.metrics_cost:
-            metrics_cost(measure, entries, trivial_async, trivial_sync)
-            return
-        fs_count = min(entries, FASTSTREAM_PER_MESSAGE_CAP)
-        contenders: list[tuple[str, int, Callable[[str], Any]]] = [
-            ("ours-async", entries, lambda g: run_ours(trivial_async, g)),
-            ("ours-sync", entries, lambda g: run_ours(trivial_sync, g)),
-            ("raw", entries, lambda g: asyncio.run(run_raw(url, g, entries, trivial_raw))),
-            (
-                "faststream",
-                fs_count,
-                lambda g: asyncio.run(run_faststream(url, g, fs_count, batch=False)),
-            ),
-            (
-                "faststream-batch",
-                entries,
-                lambda g: asyncio.run(run_faststream(url, g, entries, batch=True)),
-            ),
-        ]
-        print(f"Throughput, best of {args.repeat} (FastStream per message: one run):")
-        cpu_rates: dict[str, float] = {}
-        for name, count, run in contenders:
-            rates[name], cpu_rates[name] = measure(name, count, run)
-            print(
-                f"  {name:<18} {rates[name]:>10,.0f} entries/s   "
-                f"{cpu_rates[name]:>10,.0f} per CPU second   ({count:,} entries)"
-            )
-
-        print("Ratios of entries/s (targets in brackets):")
-        checks = [
-            ("async / raw", rates["ours-async"] / rates["raw"], 0.8),
-            ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], 0.8),
+def everything(url: str, entries: int, repeat: int, latency_count: int) -> None:
+    """Print every figure of the default run."""
+    fs_count = min(entries, FASTSTREAM_PER_MESSAGE_CAP)
+    contenders: list[tuple[str, int, Callable[[str], Any], int]] = [
+        ("ours-async", entries, lambda g: run_ours(_trivial_async, g), repeat),
+        ("ours-sync", entries, lambda g: run_ours(_trivial_sync, g), repeat),
+        ("raw", entries, lambda g: asyncio.run(run_raw(url, g, entries, _trivial_raw)), repeat),
+        (
+            "faststream",
+            fs_count,
+            lambda g: asyncio.run(run_faststream(url, g, fs_count, batch=False)),
+            1,
+        ),
+        (
+            "faststream-batch",
+            entries,
+            lambda g: asyncio.run(run_faststream(url, g, entries, batch=True)),
+            repeat,
+        ),
+    ]
+    print(f"Throughput, best of {repeat}, interleaved (FastStream per message: one run):")
+    rates, cpu_rates = throughput(url, contenders, repeat)
+    print("Ratios of entries/s (targets in brackets):")
+    print_ratios(
+        [
+            ("async / raw", rates["ours-async"] / rates["raw"], 0.9),
+            ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], None),
             ("sync / raw", rates["ours-sync"] / rates["raw"], 0.5),
-            ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], 0.5),
+            ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], None),
             ("async / FastStream", rates["ours-async"] / rates["faststream"], 10),
             ("async / FastStream batch", rates["ours-async"] / rates["faststream-batch"], 1.5),
             ("sync / FastStream", rates["ours-sync"] / rates["faststream"], None),
         ]
-        for label, ratio, target in checks:
-            verdict = (
-                ""
-                if target is None
-                else (f"[>= {target}] " + ("ok" if ratio >= target else "MISSED"))
-            )
-            print(f"  {label:<26} {ratio:6.2f}x {verdict}")
+    )
+    whole_processes(url, entries, repeat)
 
-        print(
-            f"Whole processes over {entries:,} entries, start-up included, best of {args.repeat}:"
-        )
-        burst, raw = float("inf"), float("inf")
-        for attempt in range(args.repeat):
-            group(url, f"burst-{attempt}")
-            burst = min(burst, process_seconds("--burst-child", url, f"burst-{attempt}"))
-            group(url, f"rawp-{attempt}")
-            raw = min(raw, process_seconds("--raw-child", url, f"rawp-{attempt}", str(entries)))
-        ratio = raw / burst
-        print(f"  runconsumers --burst   {burst:6.2f} s   {entries / burst:>10,.0f} entries/s")
-        print(f"  raw loop script        {raw:6.2f} s   {entries / raw:>10,.0f} entries/s")
-        print(
-            f"  burst / raw            {ratio:6.2f}x [>= 0.8] {'ok' if ratio >= 0.8 else 'MISSED'}"
-        )
+    print(f"Publish-to-handler latency at 2,000 entries/s ({latency_count:,} entries):")
+    for name, latency in [
+        ("ours", latency_ours),
+        ("raw", latency_raw),
+        ("faststream", latency_faststream),
+    ]:
+        p50, p99 = latency(url, 2000, latency_count)
+        print(f"  {name:<12} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
 
-        print(f"Publish-to-handler latency at 2,000 entries/s ({latency_count:,} entries):")
-        for name, latency in [
-            ("ours", latency_ours),
-            ("raw", latency_raw),
-            ("faststream", latency_faststream),
-        ]:
-            p50, p99 = latency(url, 2000, latency_count)
-            print(f"  {name:<12} p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+    metrics_cost(url, entries)
 
-        metrics_cost(measure, entries, trivial_async, trivial_sync)
-
-        marks = peak_rss(url, entries)
-        first, last = marks[min(marks)], marks[max(marks)]
-        growth = (last - first) / first * 100
-        print(
-            f"Peak RSS of an async worker: {first / 1024:.1f} MiB after {min(marks):,} entries, "
-            f"{last / 1024:.1f} MiB after {max(marks):,} ({growth:+.1f} %) "
-            f"[<= +10 %] {'ok' if growth <= 10 else 'MISSED'}"
-        )
-    finally:
-        server.close()
+    marks = peak_rss(url, entries)
+    first, last = marks[min(marks)], marks[max(marks)]
+    growth = (last - first) / first * 100
+    print(
+        f"Peak RSS of an async worker: {first / 1024:.1f} MiB after {min(marks):,} entries, "
+        f"{last / 1024:.1f} MiB after {max(marks):,} ({growth:+.1f} %) "
+        f"[<= +10 %] {'ok' if growth <= 10 else 'MISSED'}"
+    )
+    streams_cost(url, entries, repeat)
 
 
 # --- --cluster ---------------------------------------------------------------------------

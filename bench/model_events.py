@@ -3,13 +3,18 @@
 Times one transaction of 1,000 ``Tick.objects.create()`` calls (a small model: two
 fields), commit included, three ways: no events configured, ``on_commit`` delivery
 (events buffered, one pipelined XADD round trip at commit) and ``outbox`` delivery (an
-outbox row written beside every save). Private redis-server (or REDIS_URL), SQLite in a
-temporary file (or ``--database-url``, an empty scratch database). Rounds are
+outbox row beside every save, the transaction's rows written together just before the
+commit, so "commit" includes writing them). Private redis-server (or REDIS_URL), SQLite
+in a temporary file (or ``--database-url``, an empty scratch database). Rounds are
 interleaved, each round's event modes bracketed by two baselines; prints each mode's
 best time and the median of the rounds' ratios events/no events (targets: on_commit
 <= 1.3, outbox <= 1.6).
 
-    python bench/model_events.py [--saves 1000] [--rounds 11] [--database-url URL]
+``--parts`` then prices the pieces of an outbox save, per row, on the same database: a
+round trip, the save itself, an outbox row INSERTed on its own (as every save did
+before rows waited for the commit), and a row written together with the others.
+
+    python bench/model_events.py [--saves 1000] [--rounds 11] [--database-url URL] [--parts]
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ def main() -> None:
         "--database-url",
         help="an empty scratch database to use instead of SQLite (its tables are created)",
     )
+    parser.add_argument(
+        "--parts", action="store_true", help="also price the pieces of an outbox save"
+    )
     args = parser.parse_args()
 
     with (
@@ -66,6 +74,8 @@ def main() -> None:
             database = {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite}
         configure(url, database)
         run(url, args.saves, args.rounds)
+        if args.parts:
+            parts(args.saves)
 
 
 def run(url: str, saves: int, rounds: int) -> None:
@@ -115,8 +125,12 @@ def run(url: str, saves: int, rounds: int) -> None:
 
         return timed
 
+    def without_events() -> float:
+        clean()
+        return one_transaction()
+
     modes: dict[str, Callable[[], float]] = {
-        "none": lambda: (clean(), one_transaction())[1],
+        "none": without_events,
         "on_commit": with_events("on_commit"),
         "outbox": with_events("outbox"),
     }
@@ -167,6 +181,49 @@ def run(url: str, saves: int, rounds: int) -> None:
             f"{min(commit_times[name]) * 1000:.1f} ms  "
             f"ratio {ratio:.2f} (best/best {t / base:.2f}; target <= {TARGETS[name]}) {verdict}"
         )
+
+
+def parts(rows: int) -> None:
+    """Print what each piece of an outbox save costs per row (best of 5, rolled back)."""
+    from django.db import connection, transaction
+
+    from redis_broker import outbox_rows, wire
+    from tests.testapp.models import Tick
+
+    event = ("testapp.tick", wire.encode_entry({"pk": 1, "fields": {}}, type="testapp.tick"))
+    waiting = [(*event, outbox_rows._created_at(connection))] * rows
+
+    def round_trips() -> None:
+        with connection.cursor() as cursor:
+            for _ in range(rows):
+                cursor.execute("SELECT 1")
+
+    def saves() -> None:
+        for i in range(rows):
+            Tick.objects.create(name=f"tick {i}", value=i)
+
+    def single_inserts() -> None:
+        for _ in range(rows):
+            outbox_rows._write_one(event, connection)
+
+    pieces: dict[str, Callable[[], None]] = {
+        "a round trip (SELECT 1)": round_trips,
+        "a save, no events": saves,
+        "an outbox row INSERTed on its own": single_inserts,
+        "a row in a multi-row INSERT": lambda: outbox_rows._insert_rows(connection, waiting),
+    }
+    if outbox_rows._rows_for(connection).copies:
+        pieces["a row in a COPY (psycopg 3)"] = lambda: outbox_rows._copy_rows(connection, waiting)
+    print(f"per row, {rows} rows in a transaction rolled back ({connection.vendor}):")
+    for label, piece in pieces.items():
+        best = float("inf")
+        for _ in range(5):
+            with transaction.atomic():
+                started = time.perf_counter()
+                piece()
+                best = min(best, time.perf_counter() - started)
+                transaction.set_rollback(True)
+        print(f"  {label:<36}: {best / rows * 1e6:6.1f} us")
 
 
 if __name__ == "__main__":

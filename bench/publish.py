@@ -5,6 +5,9 @@ and the ratios ours/raw. "Raw" is what a team would hand-write to produce the sa
 entries: json.dumps of the payload, a uuid4 and a timestamp, then XADD with the same
 approximate MAXLEN. A second raw figure (one pre-encoded field) shows the floor.
 
+Then 100 asyncio tasks awaiting ``apublish()`` and a durable ``abroadcast()``, auto-pipelined,
+against what they sent before (``bench/publish.py``'s ``concurrent_cost``).
+
 Then the cost of metrics per publish(): publish() with ``REDIS_BROKER["METRICS"]`` on
 and off (interleaved; a Redis round trip is noisy next to a counter), and the counter
 increment itself, timed alone (target: <= 0.1 ms per publish()).
@@ -51,10 +54,19 @@ def raw_fields() -> dict[str, str]:
     }
 
 
+#: The durable channels of the concurrent measurement (a capped stream beside Pub/Sub).
+DURABLE = "bench.live.ours"
+DURABLE_BEFORE = "bench.live.before"
+
+
 def configure(url: str) -> None:
     settings.configure(
         INSTALLED_APPS=["redis_broker"],
-        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": MAXLEN},
+        REDIS_BROKER={
+            "URL": url,
+            "STREAM_MAXLEN": MAXLEN,
+            "WEBSOCKET": {"DURABLE_CHANNELS": ["bench.live.*"]},
+        },
         DATABASES={},
     )
     django.setup()
@@ -165,16 +177,40 @@ def measure(url: str, seconds: float, batch_size: int) -> None:
 TASKS = 100
 
 
+async def abroadcast_before(channel: str, data: Any) -> int:
+    """A durable ``abroadcast()`` as it was before auto-pipelining: the same encoding,
+    span and errors, the script sent on its own (``LuaScript.arun``: EVALSHA on a pooled
+    connection)."""
+    from redis_broker.conf import get_config
+    from redis_broker.connection import atranslate_errors, get_async_redis
+    from redis_broker.metrics.process import count_published
+    from redis_broker.publishing import _DURABLE_BROADCAST, _durable_args
+    from redis_broker.tracing import producing
+
+    config = get_config()
+    with producing("broadcast", channel) as span:
+        keys, args = _durable_args(config, channel, data, "order.created", span.headers(None))
+        span.message_id(args[3])
+        async with atranslate_errors():
+            client = get_async_redis()
+            _entry_id, receivers = await _DURABLE_BROADCAST["PUBLISH"].arun(client, keys, args)
+    if config.metrics:
+        count_published("channel")
+    return int(receivers)
+
+
 def concurrent_cost(url: str, seconds: float) -> None:
     """100 asyncio tasks, each awaiting ``apublish()`` one at a time (auto-pipelined: one
     write per pass of the loop), against raw redis-py's async ``xadd`` awaited the same
     way, and against one raw pipeline of 100 XADDs at a time (the same total); then a
-    lone caller against redis-py's ``xadd`` (what ``apublish()`` sent before)."""
+    lone caller against redis-py's ``xadd`` (what ``apublish()`` sent before). Then the
+    same for a durable ``abroadcast()`` (one script: XADD and PUBLISH), 100 tasks and a
+    lone one, against ``abroadcast_before`` (the script sent on its own, as before)."""
     import asyncio
 
     import redis.asyncio
 
-    from redis_broker import apublish
+    from redis_broker import abroadcast, apublish
     from redis_broker.connection import aclose_async_redis, get_async_redis
 
     async def run(step: Callable[[], Any], tasks: int, per_call: int, span: float) -> float:
@@ -211,6 +247,12 @@ def concurrent_cost(url: str, seconds: float) -> None:
                 "bench.c.before", raw_fields(), maxlen=MAXLEN, approximate=True
             )
 
+        def durable() -> Any:
+            return abroadcast(DURABLE, PAYLOAD, type="order.created")
+
+        def durable_before() -> Any:
+            return abroadcast_before(DURABLE_BEFORE, PAYLOAD)
+
         results: dict[str, list[float]] = {}
         for _ in range(2):
             for name, step, tasks, per_call in [
@@ -219,6 +261,10 @@ def concurrent_cost(url: str, seconds: float) -> None:
                 (f"raw async pipeline x{TASKS}", raw_pipeline, 1, TASKS),
                 ("1 task, apublish()", ours, 1, 1),
                 ("1 task, client.xadd (before)", before, 1, 1),
+                (f"{TASKS} tasks, durable abroadcast()", durable, TASKS, 1),
+                (f"{TASKS} tasks, durable, script.arun (before)", durable_before, TASKS, 1),
+                ("1 task, durable abroadcast()", durable, 1, 1),
+                ("1 task, durable, script.arun (before)", durable_before, 1, 1),
             ]:
                 await run(step, tasks, per_call, 0.2)  # warm up
                 results.setdefault(name, []).append(await run(step, tasks, per_call, seconds / 2))
@@ -238,6 +284,11 @@ def concurrent_cost(url: str, seconds: float) -> None:
     print(f"ratio apublish()/raw async pipeline:    {pipelined:.2f}  (target >= 0.7)")
     lone = best["1 task, apublish()"] / best["1 task, client.xadd (before)"]
     print(f"ratio lone apublish()/before:           {lone:.2f}  (target >= 1, no slower)")
+    durable = best[f"{TASKS} tasks, durable abroadcast()"]
+    durable /= best[f"{TASKS} tasks, durable, script.arun (before)"]
+    print(f"ratio durable abroadcast()/before:      {durable:.2f}  ({TASKS} tasks)")
+    lone = best["1 task, durable abroadcast()"] / best["1 task, durable, script.arun (before)"]
+    print(f"ratio lone durable abroadcast()/before: {lone:.2f}  (target >= 1, no slower)")
 
 
 def measure_cluster(single_url: str, cluster_url: str, seconds: float, batch_size: int) -> None:

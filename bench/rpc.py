@@ -31,10 +31,21 @@ The caller is this process. Measurements:
    connections whose client port is one of this process's own sockets (psutil), the
    monitor's own connection excepted; the largest count seen while the calls are in flight
    is the figure. The count by client name (``REDIS_BROKER["OPTIONS"]["client_name"]``)
-   is printed beside it as a cross-check.
+   is printed beside it as a cross-check. When the calls finish before the monitor takes
+   a sample, the connections Redis accepted during the child's life (``INFO stats``), the
+   monitor's excepted, stand in: an upper bound.
+5. **Coalescing (auto-pipelining).** 100 and then 1,000 tasks, each sending its next
+   ``arequest()`` when its reply is in, over a stream and over a channel: requests per
+   second and the p50/p99 of each call, ``arequest()`` (the calls of one pass of the loop
+   share one write, ``redis_broker/autopipeline.py``) against ``before``, this file's copy
+   of the uncoalesced send ``arequest()`` made until then (one ``EVALSHA`` or ``PUBLISH``
+   per call on a pooled connection, at most 8 at a time per loop). Taking turns,
+   ``--repeat`` rounds, the best of each figure counts. The lone caller's figure is the
+   sequential latency above, where ``before`` runs too.
 
 Targets, from issue 13: ours p50 <= 2x the raw floor measured in the same run, ours p99
-<= 0.5x FastStream's, 1,000 concurrent ``arequest()`` calls on <= 10 Redis connections.
+<= 0.5x FastStream's, 1,000 concurrent ``arequest()`` calls on <= 10 Redis connections;
+from issue 17: a lone ``arequest()`` no slower than ``before`` (p50).
 
     python bench/rpc.py            # 2,000 sequential requests, 5,000 for throughput
     python bench/rpc.py --quick    # 500 and 1,000
@@ -55,6 +66,8 @@ import sys
 import threading
 import time
 import traceback
+import uuid
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -87,6 +100,8 @@ TIMEOUT = 2.0
 #: Timeout of each call in the concurrency ladder and the connection count.
 BURST_TIMEOUT = 10.0
 THROUGHPUT_CALLERS = 100
+#: Concurrent callers of the coalescing measurement, and the requests each sends.
+COALESCING_CALLERS = (100, 1000)
 LADDER = (10, 100, 1000)
 CONNECTIONS_CALLS = 1000
 CONNECTIONS_TARGET = 10
@@ -283,6 +298,79 @@ def ours_async(via: str, timeout: float = TIMEOUT) -> Call:
     return call
 
 
+async def arequest_before(
+    destination: str,
+    data: Any,
+    *,
+    timeout: float = TIMEOUT,  # noqa: ASYNC109 - arequest()'s own name
+    via: str = "stream",
+) -> Any:
+    """``arequest()`` as it was before auto-pipelining, the anchor of measurement 5.
+
+    The same inbox, headers, encoding and errors; each send goes on its own: the stream
+    script by ``LuaScript.arun`` (EVALSHA on a pooled connection), a channel's PUBLISH by
+    ``execute_command``, at most ``MAX_CONCURRENT_SENDS`` at a time per loop.
+    """
+    from redis_broker import requests as rq
+    from redis_broker.conf import get_config
+    from redis_broker.connection import apubsub_publish, atranslate_errors, get_async_redis
+    from redis_broker.naming import prefixed
+    from redis_broker.tracing import producing
+
+    inbox = rq.get_inbox()
+    correlation_id = uuid.uuid4().hex
+    future = asyncio.wrap_future(inbox.expect(correlation_id))
+    try:
+        with producing("request", destination, client=True, conversation_id=correlation_id) as span:
+            merged = rq._request_headers(inbox, correlation_id, timeout, None)
+            message = rq._encode(via, data, "", span.headers(merged))
+            async with _before_limit(), atranslate_errors():
+                config = get_config()
+                key = prefixed(config.key_prefix, destination)
+                client = get_async_redis()
+                if via == "stream":
+                    args = rq._stream_args(config, message)
+                    reply = await rq._SEND_TO_STREAM.arun(client, [key], args)
+                    sent = await rq._asent(client, config, key, reply, message)
+                else:
+                    sent = await apubsub_publish(client, key, message) > 0
+            if not sent:
+                raise rq._nobody(via, destination)
+            try:
+                async with asyncio.timeout(timeout):
+                    fields = await future
+            except TimeoutError:
+                raise rq._too_slow(via, destination, timeout) from None
+    finally:
+        inbox.forget(correlation_id)
+    return rq._reply(fields, destination)
+
+
+_before_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _before_limit() -> asyncio.Semaphore:
+    """Return the running loop's limit of sends at once, as ``arequest()`` had it."""
+    from redis_broker.requests import MAX_CONCURRENT_SENDS
+
+    loop = asyncio.get_running_loop()
+    if loop not in _before_limits:
+        _before_limits[loop] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+    return _before_limits[loop]
+
+
+def ours_before(via: str, timeout: float = TIMEOUT) -> Call:
+    """Return an async call of ours as it was before auto-pipelining (``arequest_before``)."""
+    destination = OURS_STREAM if via == "stream" else OURS_CHANNEL
+
+    async def call() -> None:
+        check((await arequest_before(destination, REQUEST, timeout=timeout, via=via)).data)
+
+    return call
+
+
 @contextlib.asynccontextmanager
 async def faststream_broker(url: str, **options: Any) -> AsyncIterator[Any]:
     """Yield a connected FastStream broker (no subscribers: a caller only)."""
@@ -393,14 +481,26 @@ def latency_ours_sync(via: str, count: int) -> list[float]:
     return timed_sync(call, count)
 
 
-def latency_ours_async(via: str, count: int) -> list[float]:
-    """Ours, ``arequest()`` on a fresh event loop."""
+def latency_ours_async(via: str, count: int, *, before: bool = False) -> list[float]:
+    """Ours, ``arequest()`` (or ``arequest_before``) on a fresh event loop."""
+    make = ours_before if before else ours_async
 
     async def run() -> list[float]:
-        await wait_answering(ours_async(via, timeout=1.0), f"our {via} responder")
-        return await timed_async(ours_async(via), count)
+        try:
+            await wait_answering(make(via, timeout=1.0), f"our {via} responder")
+            return await timed_async(make(via), count)
+        finally:
+            await close_ours()
 
     return asyncio.run(run())
+
+
+async def close_ours() -> None:
+    """Close the running loop's clients of ours before ``asyncio.run`` closes the loop
+    (left open, their sockets would be collected later, with a ResourceWarning each)."""
+    from redis_broker.connection import aclose_async_redis
+
+    await aclose_async_redis()
 
 
 def latency_faststream(url: str, via: str, count: int) -> list[float]:
@@ -423,9 +523,11 @@ def bench_latency(url: str, count: int, repeat: int) -> dict[str, tuple[float, f
         "raw floor asyncio, stream": lambda: latency_raw_async(url, count),
         "ours request(), stream": lambda: latency_ours_sync("stream", count),
         "ours arequest(), stream": lambda: latency_ours_async("stream", count),
+        "ours before, stream": lambda: latency_ours_async("stream", count, before=True),
         "FastStream, stream": lambda: latency_faststream(url, "stream", count),
         "ours request(), channel": lambda: latency_ours_sync("channel", count),
         "ours arequest(), channel": lambda: latency_ours_async("channel", count),
+        "ours before, channel": lambda: latency_ours_async("channel", count, before=True),
         "FastStream, channel": lambda: latency_faststream(url, "channel", count),
     }
     best: dict[str, tuple[float, float] | None] = dict.fromkeys(contenders, (1e9, 1e9))
@@ -477,9 +579,12 @@ def throughput_ours(via: str, total: int) -> float:
     """Ours: ``THROUGHPUT_CALLERS`` tasks calling ``arequest()``."""
 
     async def run() -> float:
-        call = ours_async(via)
-        await wait_answering(ours_async(via, timeout=1.0), f"our {via} responder")
-        return await spread(call, THROUGHPUT_CALLERS, total)
+        try:
+            call = ours_async(via)
+            await wait_answering(ours_async(via, timeout=1.0), f"our {via} responder")
+            return await spread(call, THROUGHPUT_CALLERS, total)
+        finally:
+            await close_ours()
 
     return asyncio.run(run())
 
@@ -575,8 +680,11 @@ def bench_ladder(url: str) -> dict[str, int]:
     def ours(via: str) -> Callable[[], contextlib.AbstractAsyncContextManager[Call]]:
         @contextlib.asynccontextmanager
         async def make() -> AsyncIterator[Call]:
-            await wait_answering(ours_async(via, timeout=1.0), f"our {via} responder")
-            yield ours_async(via, timeout=BURST_TIMEOUT)
+            try:
+                await wait_answering(ours_async(via, timeout=1.0), f"our {via} responder")
+                yield ours_async(via, timeout=BURST_TIMEOUT)
+            finally:
+                await close_ours()
 
         return make
 
@@ -651,14 +759,17 @@ def connections_child(url: str, calls: int) -> None:
             time.sleep(0.001)
 
     async def run() -> tuple[list[BaseException], float]:
-        await wait_answering(ours_async("stream", timeout=1.0), "our stream responder")
-        call = ours_async("stream", timeout=BURST_TIMEOUT)
-        in_flight.set()
-        started = time.perf_counter()
-        errors = await burst(call, calls)
-        elapsed = time.perf_counter() - started
-        in_flight.clear()
-        return errors, elapsed
+        try:
+            await wait_answering(ours_async("stream", timeout=1.0), "our stream responder")
+            call = ours_async("stream", timeout=BURST_TIMEOUT)
+            in_flight.set()
+            started = time.perf_counter()
+            errors = await burst(call, calls)
+            elapsed = time.perf_counter() - started
+            in_flight.clear()
+            return errors, elapsed
+        finally:
+            await close_ours()
 
     sys.setswitchinterval(0.0005)  # let the sampler in more often while the loop is busy
     sampler = threading.Thread(target=sample, daemon=True)
@@ -698,6 +809,7 @@ def bench_connections(url: str) -> dict[str, Any] | None:
         print(f"  !! failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
         return None
     figures: dict[str, Any] = json.loads(lines[-1])
+    figures["accepted"] = opened
     print(
         f"  {figures['answered']:,} answered in {figures['seconds']:.2f} s"
         + (f", errors: {figures['errors']}" if figures["errors"] else "")
@@ -709,6 +821,92 @@ def bench_connections(url: str) -> dict[str, Any] | None:
         f"{opened}"
     )
     return figures
+
+
+# --- 5. coalescing: arequest() against the uncoalesced send ------------------------------
+
+
+async def loaded(call: Call, callers: int, each: int) -> tuple[float, list[float]]:
+    """Run ``callers`` tasks, each making ``each`` sequential calls; return calls per
+    second and the milliseconds of every call."""
+    samples: list[float] = []
+
+    async def caller() -> None:
+        for _ in range(each):
+            started = time.perf_counter()
+            await call()
+            samples.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(callers):
+                group.create_task(caller())
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return callers * each / (time.perf_counter() - started), samples
+
+
+def coalescing_run(via: str, callers: int, each: int, *, before: bool) -> tuple[float, ...]:
+    """One round on a fresh loop: requests/s, p50 and p99 (ms), and for ours the
+    commands per write of the auto-pipeline."""
+    make = ours_before if before else ours_async
+
+    async def run() -> tuple[float, ...]:
+        from redis_broker.autopipeline import autopipeline
+        from redis_broker.connection import get_async_redis
+
+        try:
+            await wait_answering(make(via, timeout=1.0), f"our {via} responder")
+            pipeline = autopipeline(get_async_redis())
+            batches, commands = pipeline.batches, pipeline.commands
+            rate, samples = await loaded(make(via, timeout=BURST_TIMEOUT), callers, each)
+            per_write = (pipeline.commands - commands) / max(pipeline.batches - batches, 1)
+            return (rate, *percentiles(samples), per_write)
+        finally:
+            await close_ours()
+
+    return asyncio.run(run())
+
+
+def bench_coalescing(total: int, repeat: int) -> dict[str, tuple[float, ...]]:
+    """Measure ``arequest()`` under 100 and 1,000 concurrent callers against ``before``."""
+    print(
+        f"Coalescing: {', '.join(f'{n:,}' for n in COALESCING_CALLERS)} concurrent callers, "
+        f"each sending its next request when its reply is in, best of {repeat}:"
+    )
+    best: dict[str, tuple[float, ...]] = {}
+    for via in ("stream", "channel"):
+        for callers in COALESCING_CALLERS:
+            each = max(total // callers, 5)
+            for _round in range(repeat):
+                for before in (False, True):
+                    name = f"{'before' if before else 'arequest()'}, {via}, {callers:,}"
+                    figures = coalescing_run(via, callers, each, before=before)
+                    old = best.get(name)
+                    if old is not None:
+                        figures = (
+                            max(old[0], figures[0]),
+                            min(old[1], figures[1]),
+                            min(old[2], figures[2]),
+                            figures[3],
+                        )
+                    best[name] = figures
+            for before in (False, True):
+                name = f"{'before' if before else 'arequest()'}, {via}, {callers:,}"
+                rate, p50, p99, per_write = best[name]
+                writes = "" if before else f"   {per_write:5.1f} requests per write"
+                print(
+                    f"  {name:<27} {rate:>8,.0f} requests/s   p50 {p50:7.2f} ms   "
+                    f"p99 {p99:7.2f} ms{writes}"
+                )
+            after = best[f"arequest(), {via}, {callers:,}"]
+            then = best[f"before, {via}, {callers:,}"]
+            print(
+                f"  {'  arequest() / before':<27} {after[0] / then[0]:>8.2f}x throughput, "
+                f"p50 {after[1] / then[1]:.2f}x, p99 {after[2] / then[2]:.2f}x"
+            )
+    return best
 
 
 # --- main --------------------------------------------------------------------------------
@@ -740,15 +938,24 @@ def print_targets(
             print(f"  {label + ': p50 / raw floor p50':<48} {shown} {verdict(p50, 2)}{extra}")
             shown = f"{p99:6.2f}x" if p99 is not None else "   n/a"
             print(f"  {label + ': p99 / FastStream p99':<48} {shown} {verdict(p99, 0.5)}")
+        ours, before = latency.get(f"ours arequest(), {via}"), latency.get(f"ours before, {via}")
+        lone = ours[0] / before[0] if ours and before else None
+        label = f"lone arequest(), {via}: p50 / before p50"
+        shown = f"{lone:6.2f}x" if lone is not None else "   n/a"
+        print(f"  {label:<48} {shown} {verdict(lone, 1)}")
     if connections is None:
         print(f"  {CONNECTIONS_CALLS:,} concurrent arequest(): failed {verdict(None, 10)}")
         return
-    count = connections["in_flight"]
-    all_answered = connections["answered"] == CONNECTIONS_CALLS and connections["samples"] > 0
+    # The calls may all be answered before the monitor's first sample: the connections
+    # Redis accepted meanwhile, the monitor's excepted, bound the count in flight then.
+    sampled = connections["samples"] > 0
+    count = connections["in_flight"] if sampled else connections["accepted"] - 1
+    all_answered = connections["answered"] == CONNECTIONS_CALLS
     label = f"{CONNECTIONS_CALLS:,} concurrent arequest(): caller's connections"
     print(
         f"  {label:<48} {count:>6}  {verdict(count if all_answered else None, CONNECTIONS_TARGET)}"
-        + ("" if all_answered else " (not all answered, or no sample in flight)")
+        + ("" if all_answered else " (not all answered)")
+        + ("" if sampled else " (no sample in flight: all Redis accepted meanwhile)")
     )
 
 
@@ -794,6 +1001,7 @@ def main() -> None:
         bench_throughput(url, total, args.repeat)
         bench_ladder(url)
         connections = bench_connections(url)
+        bench_coalescing(total, args.repeat)
         print_targets(latency, connections)
     finally:
         for process in responders:

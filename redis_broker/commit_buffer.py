@@ -13,6 +13,10 @@ a savepoint is rolled back its group's marker disappears with it and the group i
 dropped. When a savepoint is released its group joins the enclosing one, so a
 transaction usually ends with a single group and a single ``flush``, however many items
 (or savepoints, as ``get_or_create`` makes) it had.
+
+A buffer can also be emptied before the commit: ``pending()`` returns the items whose
+work is still alive and ``clear()`` forgets them (the outbox writes its rows just before
+the commit this way, see ``outbox``); the markers then flush nothing.
 """
 
 from __future__ import annotations
@@ -82,6 +86,26 @@ class CommitBuffer(Generic[T]):
         group.index = len(self.connection.run_on_commit)
         self.connection.on_commit(group.marker)
         groups.append(group)
+
+    def pending(self) -> list[T]:
+        """Return the items whose work is still alive, oldest first, and keep them.
+
+        Items of a rolled-back transaction or savepoint are gone. Pair with ``clear()``
+        once the items are safely elsewhere, so a failure in between loses nothing.
+        """
+        groups = self.groups
+        if not groups:
+            return []
+        groups[:] = [group for group in groups if self._alive(group)]
+        # The groups form a chain of ever deeper savepoints, and an item goes to an outer
+        # group only after the deeper ones were folded into it: the chain order is the
+        # order the items were added in.
+        return [item for group in groups for item in group.items]
+
+    def clear(self) -> None:
+        """Forget every buffered item: handed over before the commit, or undone."""
+        for group in self.groups:
+            group.items = []
 
     def _alive(self, group: _Group[T]) -> bool:
         """Return True while the group's marker is registered (nothing around it rolled back)."""

@@ -12,7 +12,10 @@ is drawn once, when it is encoded, at the latest at commit) and then, depending 
   warning on the ``redis_broker.outbox`` logger, and the relay publishes it later.
 * ``"outbox"``: the event row is written to the outbox inside the change's own
   transaction (a transactional outbox: the change and its event commit or roll back
-  together) and only the relay publishes it.
+  together) and only the relay publishes it. Inside ``atomic()`` the transaction's rows
+  go in together, just before it commits (``outbox_rows.store_one``). Outside one, Django
+  sends ``post_save`` once the save has committed, so the row follows in a transaction
+  of its own: only ``atomic()`` around the save makes the two one.
 
 Rolled-back work publishes nothing: the buffer drops what a rolled-back transaction or
 savepoint recorded (see ``commit_buffer``).
@@ -22,7 +25,7 @@ the receiver (``_post_save``, ``_post_delete``) finds the model's cached ``_Reco
 whose ``record`` (also what ``publish_model_event`` calls) hands the event to exactly
 one place: the ``CommitBuffer`` (``on_commit`` inside a transaction; at commit it passes
 the transaction's events to ``outbox.deliver``), ``outbox.deliver`` (``on_commit``
-outside one) or ``outbox.store_one`` (``outbox``).
+outside one) or ``outbox_rows.store_one`` (``outbox``).
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from . import outbox, tracing, wire
+from . import outbox, outbox_rows, tracing, wire
 from .commit_buffer import CommitBuffer
 from .conf import MODEL_EVENT_ACTIONS, SETTING_NAME, ModelEventSettings, get_config, validate
 from .conf import raw_setting as _raw_setting
-from .outbox import Event
+from .outbox_rows import Event
 
 DISPATCH_UID = "redis_broker.model_events.{label}"
 
@@ -208,7 +211,7 @@ class _Recorder:
         connection = connections[using]
         if not self.buffered:
             # Same connection, so the row commits or rolls back with the change itself.
-            outbox.store_one(self.encode(instance, action), connection)
+            outbox_rows.store_one(self.encode(instance, action), connection)
         elif connection.in_atomic_block:
             _buffer_for(connection).add(self.capture(instance, action))
         else:

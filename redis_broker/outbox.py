@@ -1,11 +1,11 @@
 """The database outbox: model events waiting for Redis, and the relay that sends them.
 
-This module owns the ``OutboxEvent`` rows. They get here two ways (``model_events``
-decides which): ``store_one`` writes a row in the same transaction as the change
-(``"delivery": "outbox"``), and ``deliver`` publishes events after their commit or,
-when Redis cannot take them, stores them. ``OutboxRelay`` moves the rows to their
-streams in their original order; ``backlog()`` is what the admin inspector and the
-``runconsumers`` status line show.
+This module owns what happens to the ``OutboxEvent`` rows once written. They get
+written two ways (``model_events`` decides which): ``outbox_rows.store_one`` writes a row
+in the same transaction as the change (``"delivery": "outbox"``), and ``deliver``
+publishes events after their commit or, when Redis cannot take them, stores them.
+``OutboxRelay`` moves the rows to their streams in their original order; ``backlog()``
+is what the admin inspector and the ``runconsumers`` status line show.
 
 One rule orders everything that leaves: a stream's events go out in order, so a new
 event waits behind rows of its stream already waiting, and the relay sends a stream's
@@ -23,12 +23,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from time import time_ns
-from typing import Any
 
 import redis
 from django.db import close_old_connections, connections, router, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Count, F, Window
 from django.utils import timezone
 
@@ -37,83 +34,9 @@ from .backoff import Backoff
 from .conf import get_config
 from .exceptions import BrokerUnavailable
 from .models import OutboxEvent
+from .outbox_rows import Event, store
 
 logger = logging.getLogger("redis_broker.outbox")
-
-#: (stream, encoded entry fields) - an event ready to publish or to store.
-Event = tuple[str, dict[str, str]]
-
-
-# --- Storing rows ----------------------------------------------------------------------
-
-
-def store(events: Sequence[Event], using: str | None = None) -> None:
-    """Write ``events`` to the outbox in order, in one INSERT, on database ``using``."""
-    db = using or router.db_for_write(OutboxEvent)
-    OutboxEvent.objects.using(db).bulk_create(
-        [OutboxEvent(stream=stream, fields=fields) for stream, fields in events]
-    )
-
-
-def store_one(event: Event, connection: BaseDatabaseWrapper) -> None:
-    """Write one outbox row on ``connection``, inside whatever transaction is open there.
-
-    ``outbox`` delivery does this on every save, so it skips the model layer (an ORM
-    ``save()`` would double the cost of a small model's save) and adapts the values with
-    the backend's own adapters. On SQLite, where Python work rather than a network round
-    trip is the cost of a statement, it also skips Django's cursor wrapper whenever
-    nothing observes queries (no ``execute_wrapper``, no query logging as under
-    ``DEBUG`` or ``assertNumQueries``), which halves the cost of the INSERT.
-    """
-    stream, fields = event
-    params = [stream, connection.ops.adapt_json_value(fields, None), _created_at(connection), 0, ""]
-    raw = connection.connection
-    # Speed (bench/model_events.py, outbox ratio): SQLite's raw INSERT, past the cursor wrapper.
-    if (
-        connection.vendor == "sqlite"
-        and raw is not None
-        and not connection.execute_wrappers
-        and not connection.queries_logged
-    ):
-        with connection.wrap_database_errors:
-            raw.execute(_insert_sql_for(connection, "?"), params)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql_for(connection), params)
-
-
-_ROW_FIELDS = ("stream", "fields", "created_at", "attempts", "last_error")
-
-# Speed (bench/model_events.py, outbox ratio): the INSERT is built once per vendor, not per save.
-_insert_sql: dict[tuple[str, str], str] = {}  # (vendor, placeholder) -> INSERT statement
-
-
-def _insert_sql_for(connection: BaseDatabaseWrapper, placeholder: str = "%s") -> str:
-    """Return the INSERT of one outbox row for ``connection``'s backend, built once."""
-    sql = _insert_sql.get((connection.vendor, placeholder))
-    if sql is None:
-        meta, quote = OutboxEvent._meta, connection.ops.quote_name
-        column = {f.name: str(f.column) for f in meta.concrete_fields}
-        columns = ", ".join(quote(column[name]) for name in _ROW_FIELDS)
-        placeholders = ", ".join([placeholder] * len(_ROW_FIELDS))
-        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders})"
-        _insert_sql[connection.vendor, placeholder] = sql
-    return sql
-
-
-# Speed (bench/model_events.py, outbox ratio): a burst of saves adapts the time once.
-_clock: tuple[str, int, Any] = ("", -1, None)  # vendor, millisecond, adapted value
-
-
-def _created_at(connection: BaseDatabaseWrapper) -> Any:
-    """Return the current time adapted for ``connection``, worked out once a millisecond."""
-    global _clock
-    millis = time_ns() // 1_000_000
-    vendor, at, value = _clock
-    if at != millis or vendor != connection.vendor:
-        value = connection.ops.adapt_datetimefield_value(timezone.now())
-        _clock = (connection.vendor, millis, value)
-    return value
 
 
 # --- The ordering rule -------------------------------------------------------------------

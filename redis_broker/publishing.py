@@ -14,7 +14,7 @@ from itertools import chain
 from typing import Any, cast
 
 from . import wire
-from .autopipeline import autopipeline
+from .autopipeline import acall, arun_script
 from .conf import BrokerConfig, get_config
 from .connection import (
     LuaScript,
@@ -22,7 +22,6 @@ from .connection import (
     execute_batch,
     get_async_redis,
     get_redis,
-    is_cluster,
     publish_command,
     pubsub_publish,
     translate_errors,
@@ -276,18 +275,10 @@ async def apublish(
                 entry_id = (await axadd_and_wait(get_async_redis(), config, key, [args]))[0]
             else:
                 command = ("XADD", key, *_trim(config.stream_maxlen), "*", *_flat(fields))
-                entry_id = await _acall(get_async_redis(), command)
+                entry_id = await acall(get_async_redis(), *command)
     if config.metrics:
         count_published("stream")
     return _ids([entry_id])[0]
-
-
-async def _acall(client: Any, command: tuple[Any, ...]) -> Any:
-    """Send ``command`` with the other calls of this pass of the loop (one write, one
-    round trip: ``autopipeline.py``); a cluster client routes it by its key instead."""
-    if is_cluster(client):
-        return await client.execute_command(*command)
-    return await autopipeline(client).execute(*command)
 
 
 async def apublish_many(
@@ -337,13 +328,13 @@ async def abroadcast(
             async with atranslate_errors(lambda: _channel(keys[0], durable=True)):
                 client = get_async_redis()
                 script = _DURABLE_BROADCAST[publish_command(client)]
-                _entry_id, receivers = await script.arun(client, keys, args)
+                _entry_id, receivers = await arun_script(client, script, keys, args)
         else:
             message = _message(span, data, type, headers)
             key = prefixed(config.key_prefix, channel)
             async with atranslate_errors(lambda: _channel(key, durable=False)):
                 client = get_async_redis()
-                receivers = await _acall(client, (publish_command(client), key, message))
+                receivers = await acall(client, publish_command(client), key, message)
     if config.metrics:
         count_published("channel")
     return int(receivers)
@@ -391,7 +382,7 @@ async def apush(
         element = _message(span, data, type, headers)
         key = prefixed(config.key_prefix, list_name)
         async with atranslate_errors(lambda: _list(key)):
-            length = int(await _acall(get_async_redis(), ("RPUSH", key, element)))
+            length = int(await acall(get_async_redis(), "RPUSH", key, element))
     if config.metrics:
         count_published("list")
     return length

@@ -39,15 +39,17 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from . import wire
+from .autopipeline import acall, arun_script
 from .conf import SETTING_NAME, BrokerConfig, get_config
 from .connection import (
     CONNECTION_ERRORS,
     LuaScript,
-    apubsub_publish,
     atranslate_errors,
     build_client,
     get_async_redis,
     get_redis,
+    is_cluster,
+    publish_command,
     pubsub_publish,
     translate_errors,
 )
@@ -72,8 +74,9 @@ INBOX_MAXLEN = 10_000
 #: How long (ms) a sent reply is kept to answer a redelivered request without a second
 #: call: longer than any request waits.
 REPLY_RECORD_MS = 10 * 60 * 1000
-#: Sends of one event loop at once: many concurrent ``arequest`` calls share a few
-#: connections instead of opening one each.
+#: Sends of one event loop at once on a cluster, where each call goes on its own: many
+#: concurrent ``arequest`` calls share a few connections instead of opening one each.
+#: A single Redis needs no limit: the calls of one pass of the loop share one write.
 MAX_CONCURRENT_SENDS = 8
 
 VIAS = ("stream", "channel", "list")
@@ -132,6 +135,18 @@ if ARGV[2] ~= '' then
   return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
 end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+""")
+
+# Append the request (ARGV[2]) to the list KEYS[1] only if one of the consumers named in
+# KEYS[2] has a live worker heartbeat (ARGV[1] .. name): the check and the send in one
+# round trip. Single Redis only: on a cluster the heartbeats live in other slots.
+_SEND_TO_LIST = LuaScript("""
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[1] .. name) == 1 then
+    return redis.call('RPUSH', KEYS[1], ARGV[2])
+  end
+end
+return false
 """)
 
 
@@ -343,12 +358,13 @@ async def arequest(
         with producing("request", destination, client=True, conversation_id=correlation_id) as span:
             merged = _request_headers(inbox, correlation_id, timeout, headers)
             message = _encode(via, data, type, span.headers(merged))
-            loop = asyncio.get_running_loop()
-            limit = _send_limits.get(loop)
-            if limit is None:
-                limit = _send_limits[loop] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
-            async with limit, atranslate_errors():
-                sent = await _send_async(via, destination, message)
+            client = get_async_redis()
+            async with atranslate_errors():
+                if is_cluster(client):
+                    async with _send_limit():
+                        sent = await _send_async(client, via, destination, message)
+                else:  # coalesced with the other calls of this pass (autopipeline.py)
+                    sent = await _send_async(client, via, destination, message)
             if not sent:
                 raise _nobody(via, destination)
             try:
@@ -359,6 +375,15 @@ async def arequest(
     finally:
         inbox.forget(correlation_id)
     return _reply(fields, destination)
+
+
+def _send_limit() -> asyncio.Semaphore:
+    """Return the running loop's limit of sends at once (``MAX_CONCURRENT_SENDS``)."""
+    loop = asyncio.get_running_loop()
+    limit = _send_limits.get(loop)
+    if limit is None:
+        limit = _send_limits[loop] = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
+    return limit
 
 
 def _nobody(via: str, destination: str) -> NoResponders:
@@ -441,21 +466,28 @@ def _send_sync(via: str, destination: str, message: Any) -> bool:
             return _sent(client, config, key, reply, message)
         if via == "channel":
             return pubsub_publish(client, key, message) > 0
+        if not is_cluster(client):
+            return _SEND_TO_LIST.run(client, *_list_args(config, destination, message)) is not None
         if not _list_has_responders(client, config, destination):
             return False
         client.rpush(key, message)
         return True
 
 
-async def _send_async(via: str, destination: str, message: Any) -> bool:
+async def _send_async(
+    client: redis.asyncio.Redis, via: str, destination: str, message: Any
+) -> bool:
+    """Async twin of :func:`_send_sync`: on a single Redis, one coalesced round trip."""
     config = get_config()
     key = prefixed(config.key_prefix, destination)
-    client = get_async_redis()
     if via == "stream":
-        reply = await _SEND_TO_STREAM.arun(client, [key], _stream_args(config, message))
+        reply = await arun_script(client, _SEND_TO_STREAM, [key], _stream_args(config, message))
         return await _asent(client, config, key, reply, message)
     if via == "channel":
-        return await apubsub_publish(client, key, message) > 0
+        return int(await acall(client, publish_command(client), key, message)) > 0
+    if not is_cluster(client):
+        keys, args = _list_args(config, destination, message)
+        return await arun_script(client, _SEND_TO_LIST, keys, args) is not None
     names = await client.smembers(prefixed(config.key_prefix, list_consumers_name(destination)))
     if not names:
         return False
@@ -466,6 +498,13 @@ async def _send_async(via: str, destination: str, message: Any) -> bool:
         return False
     await client.rpush(key, message)
     return True
+
+
+def _list_args(config: BrokerConfig, destination: str, message: Any) -> tuple[list[str], list[Any]]:
+    """Return the keys and arguments of ``_SEND_TO_LIST`` for a request to a list."""
+    key = prefixed(config.key_prefix, destination)
+    consumers = prefixed(config.key_prefix, list_consumers_name(destination))
+    return [key, consumers], [worker_key(config.key_prefix, ""), message]
 
 
 def _list_has_responders(client: redis.Redis, config: BrokerConfig, destination: str) -> bool:

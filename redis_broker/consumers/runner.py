@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio
 from django.db import close_old_connections, connections
+from redis.crc import key_slot
 
 from ..backoff import wait_or_stop
 from ..conf import BrokerConfig, get_config
@@ -29,6 +31,7 @@ from ..connection import (
     CONNECTION_ERRORS,
     aclose_async_redis,
     get_async_redis,
+    is_cluster,
     unavailable,
 )
 from ..health import HealthServer, ProcessHealth
@@ -37,7 +40,7 @@ from . import policy, registry
 from .channels import ChannelSubscriber, ChannelWorker
 from .lists import ListWorker
 from .registry import ChannelConsumerSpec, ConsumerSpec, ListConsumerSpec, StreamConsumerSpec
-from .streams import GroupWorker
+from .streams import GroupReads, GroupWorker, exchange, pending_count
 from .worker import RETRIED_ERRORS, ConsumerWorker
 
 logger = logging.getLogger("redis_broker.consumers")
@@ -160,6 +163,7 @@ class ConsumerRunner:
         client = get_async_redis()
         try:
             self.workers = [self._worker_for(spec, config) for spec in specs]
+            share_reads(self.workers, client)
             self.health = ProcessHealth(self.workers, config)
             if self.metrics_port is not None:
                 # Serving before the groups exist: /readyz says "starting" meanwhile.
@@ -211,11 +215,7 @@ class ConsumerRunner:
         assert self.heartbeat is not None and self._stop is not None
         try:
             await self.heartbeat.claim()
-            for worker in self.workers:
-                if isinstance(worker, GroupWorker):
-                    await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
-                    # Known to the group at once, so requests find a responder from now on.
-                    await client.xgroup_createconsumer(worker.key, worker.group, worker.consumer)
+            await _join_groups([w for w in self.workers if isinstance(w, GroupWorker)], client)
             channel_workers = [w for w in self.workers if isinstance(w, ChannelWorker)]
             if channel_workers:
                 await self._subscribe(channel_workers, config)
@@ -503,10 +503,7 @@ class ConsumerRunner:
         if oldest is not None:
             parts.append(f"oldest-call={oldest:.1f}s")
         try:
-            pending = 0
-            for worker in self.workers:
-                pending += await worker.pending()
-            parts.append(f"pending={pending}")
+            parts.append(f"pending={await self._pending()}")
         except RETRIED_ERRORS:
             parts.append("pending=?")
         if self.relay_outbox:
@@ -514,6 +511,68 @@ class ConsumerRunner:
         if rate is not None:
             parts.append(f"rate={rate:.1f}/s")  # last: _report compares what comes before
         return " ".join(parts)
+
+    async def _pending(self) -> int:
+        """Return how many entries wait to be settled in Redis, for every consumer: the
+        stream groups' XPENDING in one round trip (a hundred streams, one), the rest
+        each its own."""
+        groups = [w for w in self.workers if isinstance(w, GroupWorker)]
+        pending = 0
+        for worker in self.workers:
+            if not isinstance(worker, GroupWorker):
+                pending += await worker.pending()
+        if groups:
+            commands = [("XPENDING", w.key, w.group) for w in groups]
+            client = groups[0].client or get_async_redis()
+            for reply in await exchange(client, commands):
+                if isinstance(reply, Exception):
+                    raise reply
+                pending += pending_count(reply)
+        return pending
+
+
+def share_reads(workers: Sequence[ConsumerWorker], client: redis.asyncio.Redis) -> None:
+    """Give the stream consumers of one group one ``GroupReads``: one XREADGROUP per
+    round for all their streams (on a cluster, per hash slot: one command reaches one
+    node)."""
+    shared: dict[tuple[str, str, int, int | None], GroupReads] = {}
+    cluster = is_cluster(client)
+    for worker in workers:
+        if isinstance(worker, GroupWorker):
+            slot = key_slot(worker.key_bytes) if cluster else None
+            key = (worker.group, worker.consumer, worker.batch_size, slot)
+            if key not in shared:
+                shared[key] = GroupReads(worker.group, worker.consumer, worker.batch_size)
+            worker.reads = shared[key]
+
+
+async def _join_groups(workers: Sequence[GroupWorker], client: redis.asyncio.Redis) -> None:
+    """Create every group (MKSTREAM; an existing one is left alone), make this process a
+    consumer of each, so requests find a responder from now on, and count what each
+    group has pending: one round trip for all of them (a hundred streams start in one,
+    not two hundred), which tells each worker what its first set-up may skip."""
+    if not workers:
+        return
+    if is_cluster(client):  # one node per key, so one round trip each
+        for worker in workers:
+            await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
+            created = await client.xgroup_createconsumer(worker.key, worker.group, worker.consumer)
+            pending = pending_count(await client.xpending(worker.key, worker.group))
+            worker.joined(consumer_new=created == 1, nothing_pending=pending == 0)
+        return
+    commands: list[tuple[Any, ...]] = []
+    for worker in workers:
+        commands.append(
+            ("XGROUP", "CREATE", worker.key, worker.group, worker.spec.start, "MKSTREAM")
+        )
+        commands.append(("XGROUP", "CREATECONSUMER", worker.key, worker.group, worker.consumer))
+        commands.append(("XPENDING", worker.key, worker.group))
+    replies = await exchange(client, commands)
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError) and not str(reply).startswith("BUSYGROUP"):
+            raise reply
+    for worker, created, pending in zip(workers, replies[1::3], replies[2::3], strict=True):
+        worker.joined(consumer_new=created == 1, nothing_pending=pending_count(pending) == 0)
 
 
 async def _outbox_backlog() -> str:

@@ -198,6 +198,7 @@ class ConsumerWorker:
         )
         try:
             await self._consume(stop)
+            await self._drain_reads()
             await self._finish_in_flight()
         finally:
             if self._settler is not None:
@@ -262,6 +263,9 @@ class ConsumerWorker:
     async def _burst_done(self, stop: asyncio.Event) -> bool:
         raise NotImplementedError
 
+    async def _drain_reads(self) -> None:
+        """After a stop request: hand out what was read ahead (a kind that reads ahead)."""
+
     async def _flush_acks(self) -> None:
         raise NotImplementedError
 
@@ -313,11 +317,14 @@ class ConsumerWorker:
     #: calling the handler (stream groups, where a request may be delivered twice).
     records_replies = False
 
-    def _submit(self, items: list[tuple[bytes, StreamMessage]]) -> None:
-        """Hand messages to the lanes; settle requests whose caller already gave up."""
+    def _submit(self, items: list[tuple[bytes, StreamMessage]], *, requests: bool = True) -> None:
+        """Hand messages to the lanes; settle requests whose caller already gave up.
+
+        ``requests=False`` says that no message has headers, so none is a request.
+        """
         assert self.lanes is not None
         self.progress_at = time.monotonic()  # a read returned
-        if items and not self.spec.no_reply:
+        if items and requests and not self.spec.no_reply:
             items = self._without_expired(items)
         if items:
             self._in_flight += len(items)

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 
 from .. import wire
 from ..exceptions import MalformedEntry
+from .queries import STREAM_PAGE_SIZES
 
 #: Most entries one action may name (a page holds at most 100).
 MAX_IDS = 1000
@@ -129,6 +130,29 @@ class EntryFilterForm(forms.Form):
         coerce=int,
         required=False,
         empty_value=None,
+    )
+
+
+class StreamPageForm(forms.Form):
+    """The overview's name filter, page size and page cursor (GET).
+
+    ``cursor`` and ``span`` are only checked for length here: what they hold is read by
+    ``nodes.parse_cursor`` / ``parse_span``, against the Redis being paged. ``page`` is
+    the page's number, for display only.
+    """
+
+    q = forms.CharField(label="Name contains", max_length=200, required=False, strip=True)
+    count = forms.TypedChoiceField(
+        label="Per page",
+        choices=[(n, n) for n in STREAM_PAGE_SIZES],
+        coerce=int,
+        required=False,
+        empty_value=None,
+    )
+    cursor = forms.CharField(max_length=100, required=False, widget=forms.HiddenInput)
+    span = forms.CharField(max_length=2000, required=False, widget=forms.HiddenInput)
+    page = forms.IntegerField(
+        min_value=1, max_value=10**9, required=False, widget=forms.HiddenInput
     )
 
 

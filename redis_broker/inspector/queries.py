@@ -59,16 +59,23 @@ from ..naming import (
 )
 from ..outbox import OutboxBacklog, backlog
 from .nodes import (
+    ScanPage,
     every_node,
+    format_cursor,
+    format_span,
     glob_escape,
     key_patterns,
+    parse_cursor,
+    parse_span,
+    rescan_page,
     scan_keys,
+    scan_page,
     server_infos,
     shard_channels,
     shard_numsub,
 )
 
-#: Most streams listed on the overview; SCAN stops once it has found this many.
+#: Most streams ``list_streams`` and ``scan_streams`` return (the overview pages instead).
 MAX_STREAMS = 500
 #: Most Pub/Sub channels listed.
 MAX_CHANNELS = 500
@@ -287,27 +294,119 @@ def scan_streams(
 def list_streams(
     client: redis.Redis, *, prefix: str, dead_letter_suffix: str, limit: int = MAX_STREAMS
 ) -> StreamListing:
-    """Return the streams under ``prefix`` with their length, groups and entry ages.
+    """Return up to ``limit`` streams under ``prefix`` with their length, groups and entry
+    ages, sorted by name: the whole listing at once, for a keyspace known to be small.
 
-    Keys come from ``scan_streams``; their ``XINFO STREAM`` replies are fetched in one
-    pipelined round trip. A key deleted in between is skipped.
+    Keys come from ``scan_streams``. The overview pages instead (``stream_page``).
     """
     keys, truncated = scan_streams(client, prefix=prefix, limit=limit)
+    streams = read_summaries(
+        client, prefix=prefix, keys=keys, dead_letter_suffix=dead_letter_suffix
+    )
+    return StreamListing(streams=streams, truncated=truncated)
+
+
+#: Streams per overview page, unless the page asks for another of ``STREAM_PAGE_SIZES``.
+STREAM_PAGE = 100
+STREAM_PAGE_SIZES = (50, 100, 200)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    """One page of the overview's streams, sorted by name within the page.
+
+    Pages follow Redis's SCAN order, not names: ``next_cursor`` continues the walk
+    (None on the last page), ``span`` lets ``stream_page`` read the same stretch again.
+    """
+
+    streams: list[StreamSummary]
+    next_cursor: str | None
+    span: str
+    looked_at: int  # about how many keys the page's SCAN calls looked at
+    calls: int  # SCAN calls made
+    full: bool  # False when the page stopped at its SCAN budget with fewer streams
+
+    @property
+    def truncated(self) -> bool:
+        """Return True when more streams may follow on later pages."""
+        return self.next_cursor is not None
+
+
+def stream_page(
+    client: redis.Redis,
+    *,
+    prefix: str,
+    dead_letter_suffix: str,
+    cursor: str | None = None,
+    span: str | None = None,
+    count: int = STREAM_PAGE,
+    contains: str = "",
+) -> StreamPage:
+    """Return one page of about ``count`` streams under ``prefix`` whose name holds
+    ``contains``, from page cursor ``cursor`` (the first page when None).
+
+    ``SCAN MATCH <prefix>*<contains>* TYPE stream`` from the cursor until the page is
+    full (``nodes.scan_page``: each call's COUNT sized to what is missing, at most
+    ``PAGE_CALLS`` calls), then one pipelined round trip for the streams' ``XINFO
+    STREAM`` and their dead-letter streams' ``XLEN``. With ``span`` (a page's, from an
+    earlier call) the page's SCAN calls are repeated instead, in one pipelined round
+    trip: what the live overview polls. A cursor or span this Redis did not hand out
+    raises ``nodes.BadCursor``.
+
+    Sorted pages would need every stream's name before the first page: a SCAN of the
+    whole keyspace per render (``bench/admin.py`` times it), where a page reads about
+    ``count`` keys whatever the keyspace holds.
+    """
+    patterns = key_patterns(prefix, contains=contains)
+    if span:
+        steps = parse_span(client, span)
+        keys = rescan_page(client, patterns=patterns, type_="stream", steps=steps)
+        page = ScanPage(keys=keys, steps=tuple(steps), next=None)
+        full = True
+        next_cursor = None
+    else:
+        start = parse_cursor(client, cursor) if cursor else (0, 0)
+        page = scan_page(client, patterns=patterns, type_="stream", want=count, start=start)
+        full = len(page.keys) >= count or page.next is None
+        next_cursor = format_cursor(client, page.next) if page.next else None
+    return StreamPage(
+        streams=read_summaries(
+            client, prefix=prefix, keys=page.keys, dead_letter_suffix=dead_letter_suffix
+        ),
+        next_cursor=next_cursor,
+        span=format_span(client, page.steps),
+        looked_at=page.looked_at,
+        calls=len(page.steps),
+        full=full,
+    )
+
+
+def read_summaries(
+    client: redis.Redis, *, prefix: str, keys: Sequence[bytes], dead_letter_suffix: str
+) -> list[StreamSummary]:
+    """Return the summaries of the streams ``keys`` (in their order), in one round trip.
+
+    One pipelined ``XINFO STREAM`` per key and ``XLEN`` of its dead-letter stream (0
+    when missing or not a stream; none for a dead-letter stream itself), so a stream's
+    dead letters are counted whichever page lists them. A key deleted in between is
+    skipped.
+    """
+    names = [unprefixed(prefix, wire.reply_text(key, "replace")) for key in keys]
     pipe = client.pipeline(transaction=False)
-    for key in keys:
+    for key, name in zip(keys, names, strict=True):
         pipe.xinfo_stream(key)
-    replies = pipe.execute(raise_on_error=False)
-    infos: dict[str, dict[str, Any]] = {}
-    for key, reply in zip(keys, replies, strict=True):
-        if isinstance(reply, dict):
-            infos[unprefixed(prefix, wire.reply_text(key, "replace"))] = reply
+        if dead_letter_source(name, dead_letter_suffix) is None:
+            pipe.xlen(prefixed(prefix, dead_letter_name(name, dead_letter_suffix)))
+    replies = iter(pipe.execute(raise_on_error=False))
     now = now_ms()
     streams = []
-    for name, info in infos.items():
-        dlq = infos.get(dead_letter_name(name, dead_letter_suffix))
-        dead_letters = int(dlq.get("length", 0)) if dlq else 0
-        streams.append(_summary(name, info, dead_letters, dead_letter_suffix, now=now))
-    return StreamListing(streams=streams, truncated=truncated)
+    for name in names:
+        info = next(replies)
+        dlq = next(replies) if dead_letter_source(name, dead_letter_suffix) is None else 0
+        if isinstance(info, dict):
+            dead_letters = dlq if isinstance(dlq, int) else 0
+            streams.append(_summary(name, info, dead_letters, dead_letter_suffix, now=now))
+    return streams
 
 
 def _summary(

@@ -23,7 +23,14 @@ from ..outbox import backlog
 from ..relay import channel_layer_prefixes
 from ..relay.status import read_relays
 from . import queries
-from .forms import DeadLetterSearchForm, EntryFilterForm, PendingFilterForm, SearchForm
+from .forms import (
+    DeadLetterSearchForm,
+    EntryFilterForm,
+    PendingFilterForm,
+    SearchForm,
+    StreamPageForm,
+)
+from .nodes import BadCursor
 from .pages import (
     InspectorAdmin,
     admin_url,
@@ -66,15 +73,61 @@ def _stream_summary(client: Any, config: BrokerConfig, stream: str) -> queries.S
     )
 
 
+def _page_params(request: HttpRequest) -> tuple[StreamPageForm, dict[str, Any], str]:
+    """Return the overview's form, its usable values and what was wrong with the link.
+
+    A value that fails its check is dropped (the first page, all streams, the default
+    size) and named in the message the page shows, never a 500.
+    """
+    form = StreamPageForm(request.GET or None)
+    problem = ""
+    if form.is_bound and not form.is_valid():
+        wrong = sorted(form.errors)
+        verb = "was" if len(wrong) == 1 else "were"
+        problem = f"This link's {' and '.join(wrong)} could not be read and {verb} left out."
+        if "cursor" in form.errors:
+            problem += " The page starts over."
+    params = {name: form.cleaned_data.get(name) for name in form.fields} if form.is_bound else {}
+    if not params.get("cursor"):
+        params["page"] = None  # a page number without its cursor means nothing
+    return form, params, problem
+
+
+def _stream_page(client: Any, config: BrokerConfig, params: dict[str, Any]) -> queries.StreamPage:
+    """Read the overview's page of streams that ``params`` (``_page_params``) ask for."""
+    return queries.stream_page(
+        client,
+        prefix=config.key_prefix,
+        dead_letter_suffix=config.consumers.dead_letter_suffix,
+        cursor=params.get("cursor"),
+        span=params.get("span"),
+        count=params.get("count") or queries.STREAM_PAGE,
+        contains=params.get("q") or "",
+    )
+
+
 @inspector_view()
 def overview(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
-    """Show the server's facts and every stream under KEY_PREFIX; the page keeps them live.
+    """Show the server's facts and one page of the streams under KEY_PREFIX, live.
 
-    ``console.js`` polls ``overview_live`` (the same reads, as JSON) every ``POLL_MS``,
-    updates the figures in place and charts each stream's throughput and group lag.
+    Pages follow Redis's SCAN order (``queries.stream_page``), each sorted by name; a
+    "Next page" link carries the opaque cursor. ``console.js`` polls ``overview_live``
+    with the page's span (the same reads, as JSON) every ``POLL_MS``, updates the
+    figures in place and charts each stream's throughput and group lag.
     """
     config = get_config()
     client = get_redis()
+    form, params, problem = _page_params(request)
+    params["span"] = None  # the page walks from its cursor; only the live poll repeats a span
+    try:
+        listing = _stream_page(client, config, params)
+    except BadCursor as exc:
+        problem = f"{exc} The page starts over."
+        params["cursor"] = params["page"] = None
+        listing = _stream_page(client, config, params)
+    number = params.get("page") or 1
+    here = admin_url(request, "broker_changelist")
+    keep = {"q": params.get("q"), "count": params.get("count")}
     return render(
         request,
         model_admin,
@@ -82,14 +135,23 @@ def overview(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
         title="Redis broker",
         crumbs=[],
         server=queries.server_info(client),
-        listing=queries.list_streams(
-            client,
-            prefix=config.key_prefix,
-            dead_letter_suffix=config.consumers.dead_letter_suffix,
+        listing=listing,
+        form=form,
+        name_filter=params.get("q") or "",
+        listing_count=params.get("count") or queries.STREAM_PAGE,
+        page_number=number,
+        problem=problem,
+        first_url=with_query(here, keep),
+        next_url=(
+            with_query(here, {**keep, "cursor": listing.next_cursor, "page": number + 1})
+            if listing.next_cursor
+            else None
         ),
         redis_url=mask_url(config.url),
         outbox=backlog(),
-        live_url=admin_url(request, "overview_live"),
+        live_url=with_query(
+            admin_url(request, "overview_live"), {"q": params.get("q"), "span": listing.span}
+        ),
         poll_ms=POLL_MS,
         poll_s=POLL_MS / 1000,
     )
@@ -99,18 +161,23 @@ def overview(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
 def overview_live(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
     """Return the overview's figures as JSON, for the page to update itself (GET, read-only).
 
-    The overview's reads (``INFO``, ``SCAN … TYPE stream`` with pipelined ``XINFO
-    STREAM``, the outbox count) plus one pipelined ``XINFO GROUPS`` per stream for the
-    groups' lag and pending counts; bounded like the page (``MAX_STREAMS`` streams,
-    ``MAX_CHART_GROUPS`` groups each). ``added`` is ``entries-added`` (Redis 7.0+; null
-    before), from which the page works out entries added per second.
+    The overview's reads (``INFO``, the page's ``SCAN`` calls again from its ``span``,
+    in one round trip, with pipelined ``XINFO STREAM``, the outbox count) plus one
+    pipelined ``XINFO GROUPS`` per stream for the groups' lag and pending counts,
+    ``MAX_CHART_GROUPS`` groups each. Without ``span``, the first page. ``added`` is
+    ``entries-added`` (Redis 7.0+; null before), from which the page works out entries
+    added per second. A span or cursor this Redis did not hand out answers 400.
     """
     config = get_config()
     client = get_redis()
+    _, params, problem = _page_params(request)
+    if problem:
+        return JsonResponse({"error": problem}, status=400)
+    try:
+        listing = _stream_page(client, config, params)
+    except BadCursor as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
     server = queries.server_info(client)
-    listing = queries.list_streams(
-        client, prefix=config.key_prefix, dead_letter_suffix=config.consumers.dead_letter_suffix
-    )
     lags = queries.group_lags(
         client, prefix=config.key_prefix, names=[s.name for s in listing.streams]
     )
@@ -143,6 +210,7 @@ def overview_live(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResp
                 }
                 for s in listing.streams
             ],
+            "next_cursor": listing.next_cursor,
             "truncated": listing.truncated,
             "outbox": backlog().count,
         }

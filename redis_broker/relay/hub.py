@@ -73,6 +73,10 @@ RECONNECT_CAP = 2.0
 REPLAY_PAGE = 500
 #: Failures of a command after which the hub reconnects (or retries a replay).
 RECONNECT_ERRORS = CONNECTION_ERRORS + CLUSTER_RETRY_ERRORS
+#: Messages fanned out between two yields to the event loop during a burst: each socket's
+#: sender then wakes once for up to this many frames, not once per frame (bench/relay.py:
+#: 8.9 -> 6.9 us of CPU per frame, saturated). At most a quarter of SEND_QUEUE_SIZE.
+FAN_OUT_BURST = 16
 
 
 class FrameSink(Protocol):
@@ -140,6 +144,7 @@ class Hub:
         self._prefix = config.key_prefix
         self._ping_interval = config.websocket.ping_interval
         self._buffer_limit = config.websocket.send_queue_size
+        self._burst = max(1, min(FAN_OUT_BURST, self._buffer_limit // 4))
         self._channels: dict[str, set[Subscription]] = {}
         self._pending: dict[str, int] = {}  # SUBSCRIBEs sent and not yet confirmed
         self._active: set[str] = set()  # confirmed on the current connection
@@ -440,6 +445,7 @@ class Hub:
         interval = self._ping_interval
         last_seen = loop.time()
         ping_sent: float | None = None
+        burst = 0
         while True:
             message = await pubsub.get_message(timeout=interval)
             now = loop.time()
@@ -459,7 +465,10 @@ class Hub:
                 # A read from redis-py's buffer does not yield to the event loop; without
                 # this a burst would be fanned out before any socket's sender ran, and
                 # fill their queues although every browser keeps up.
-                await asyncio.sleep(0)
+                burst += 1
+                if burst >= self._burst:
+                    burst = 0
+                    await asyncio.sleep(0)
             elif kind in ("subscribe", "ssubscribe"):
                 self._confirmed(message["channel"])
 
