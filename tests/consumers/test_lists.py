@@ -52,6 +52,7 @@ def test_every_item_is_handled_when_a_worker_is_killed_and_restarted(
     victim.signal(signal.SIGKILL)
     victim.wait()
     restarted = start_worker("run_job", "--concurrency", "4", **fast)
+    restarted.wait_for_line("Running")  # its SIGTERM handler is in place from then on
     steady.expect(
         lambda: set(ids) <= set(handled_ids(redis_client)), "every item handled", timeout=90
     )
