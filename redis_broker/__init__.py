@@ -38,6 +38,7 @@ __all__ = [
     "publish",
     "publish_many",
     "publish_model_event",
+    "publisher",
     "push",
     "request",
     "stream_consumer",
@@ -72,6 +73,7 @@ _LAZY = {
     "publish": "redis_broker.publishing",
     "publish_many": "redis_broker.publishing",
     "publish_model_event": "redis_broker.model_events",
+    "publisher": "redis_broker.publishers",
     "stream_consumer": "redis_broker.consumers.registry",
 }
 
@@ -93,6 +95,7 @@ if TYPE_CHECKING:
         WriteRefused,
     )
     from .model_events import publish_model_event
+    from .publishers import publisher
     from .publishing import (
         abroadcast,
         apublish,

@@ -79,6 +79,12 @@ DEFAULTS: dict[str, Any] = {
         "SEND_QUEUE_SIZE": 256,  # frames buffered per socket before it is closed
         "PING_INTERVAL": 5.0,  # seconds between watchdog PINGs on the Pub/Sub connection
     },
+    # --- The AsyncAPI document (manage.py asyncapi, the inspector's page) --------------
+    "ASYNCAPI": {
+        "TITLE": "Redis messaging",  # info.title
+        "VERSION": "1.0.0",  # info.version: the version of your messages, not of this app
+        "DESCRIPTION": "",  # info.description (CommonMark)
+    },
 }
 
 MODEL_EVENT_KEYS = frozenset({"stream", "fields", "actions", "delivery"})
@@ -171,6 +177,15 @@ class ModelEventSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AsyncapiSettings:
+    """The ``info`` of the AsyncAPI document (``REDIS_BROKER["ASYNCAPI"]``)."""
+
+    title: str = DEFAULTS["ASYNCAPI"]["TITLE"]
+    version: str = DEFAULTS["ASYNCAPI"]["VERSION"]
+    description: str = DEFAULTS["ASYNCAPI"]["DESCRIPTION"]
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerConfig:
     """The validated ``REDIS_BROKER`` setting."""
 
@@ -195,6 +210,7 @@ class BrokerConfig:
     startup_nodes: tuple[tuple[str, int], ...] = ()
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
+    asyncapi: AsyncapiSettings = AsyncapiSettings()
 
 
 @functools.cache
@@ -578,6 +594,7 @@ def validate(raw: Any) -> tuple[BrokerConfig, list[ConfigurationError]]:
         wait_timeout_ms=v.number(
             "['WAIT_TIMEOUT_MS']", top["WAIT_TIMEOUT_MS"], DEFAULTS["WAIT_TIMEOUT_MS"], minimum=1
         ),
+        asyncapi=_validate_asyncapi(v, top["ASYNCAPI"]),
     )
     if config.cluster:
         _validate_cluster(v, config)
@@ -681,6 +698,25 @@ def _validate_outbox(v: _Validator, raw: Any) -> OutboxSettings:
         ),
         poll_ms=v.number("['OUTBOX']['POLL_MS']", o["POLL_MS"], d["POLL_MS"], minimum=1),
     )
+
+
+def _validate_asyncapi(v: _Validator, raw: Any) -> AsyncapiSettings:
+    d = DEFAULTS["ASYNCAPI"]
+    a = v.merge("['ASYNCAPI']", raw, d)
+    values = {}
+    for key in ("TITLE", "VERSION", "DESCRIPTION"):
+        value = v.typed(f"['ASYNCAPI'][{key!r}]", a[key], (str,), d[key])
+        if key != "DESCRIPTION" and not value.strip():
+            # AsyncAPI requires both; an empty one would make the document invalid.
+            v.error(
+                f"['ASYNCAPI'][{key!r}]",
+                "must not be empty: the AsyncAPI document requires it.",
+                E_BAD_VALUE,
+                hint=f"Remove it to use the default, {d[key]!r}, or write your own.",
+            )
+            value = d[key]
+        values[key.lower()] = value
+    return AsyncapiSettings(**values)
 
 
 def raw_setting() -> Any:

@@ -314,3 +314,113 @@ def _buffer_for(connection: BaseDatabaseWrapper) -> CommitBuffer[Pending]:
         buffer = CommitBuffer(connection, _deliver_committed)
         setattr(connection, _BUFFER_ATTR, buffer)
     return buffer
+
+
+# --- The events' JSON Schema (the AsyncAPI document) -------------------------------------
+
+# What ``_Recorder.values`` writes for each kind of field, as DjangoJSONEncoder encodes it:
+# numbers as numbers, Decimals, dates, times, durations and UUIDs as ISO / plain text
+# (``format`` names which), a file by its name, bytes by ``value_to_string`` (base64). Checked
+# in order, so subclasses (EmailField is a CharField) come first.
+_FIELD_SCHEMAS: tuple[tuple[type[models.Field[Any, Any]], dict[str, Any]], ...] = (
+    (models.BooleanField, {"type": "boolean"}),
+    (models.PositiveBigIntegerField, {"type": "integer", "minimum": 0}),
+    (models.PositiveIntegerField, {"type": "integer", "minimum": 0}),
+    (models.PositiveSmallIntegerField, {"type": "integer", "minimum": 0}),
+    (models.IntegerField, {"type": "integer"}),  # Big, Small and the AutoFields too
+    (models.FloatField, {"type": "number"}),
+    # Text, as the encoder writes a Decimal; a number while the instance still holds what
+    # was assigned (``default=0`` before the row is read back), which is saved unconverted.
+    (models.DecimalField, {"type": ["string", "number"], "format": "decimal"}),
+    (models.DateTimeField, {"type": "string", "format": "date-time"}),
+    (models.DateField, {"type": "string", "format": "date"}),
+    (models.TimeField, {"type": "string", "format": "time"}),
+    (models.DurationField, {"type": "string", "format": "duration"}),
+    (models.UUIDField, {"type": "string", "format": "uuid"}),
+    (models.EmailField, {"type": "string", "format": "email"}),
+    (models.URLField, {"type": "string", "format": "uri"}),
+    (models.GenericIPAddressField, {"type": "string"}),
+    (models.BinaryField, {"type": "string", "contentEncoding": "base64"}),
+    (models.FileField, {"type": "string"}),  # the file's name; ImageField too
+    (models.FilePathField, {"type": "string"}),
+    (models.CharField, {"type": "string"}),  # SlugField too
+    (models.TextField, {"type": "string"}),
+    (models.JSONField, {}),  # any JSON, as stored
+)
+#: Foreign keys followed at most this deep to their target's type (a key to a key...).
+_MAX_KEY_DEPTH = 5
+
+
+def field_schema(field: models.Field[Any, Any], depth: int = 0) -> dict[str, Any]:
+    """Return the JSON Schema of the value a model event carries for ``field``.
+
+    A foreign key carries its target's value (the related primary key); ``null=True``
+    adds ``null``; ``choices`` become an ``enum``; ``max_length`` a ``maxLength``;
+    ``help_text`` the description. A field this table does not know (a custom or
+    third-party one) is any JSON: its value is written as is or by ``value_to_string``.
+    """
+    if field.is_relation and (field.many_to_one or field.one_to_one):
+        target = getattr(field, "target_field", None)
+        schema = field_schema(target, depth + 1) if target and depth < _MAX_KEY_DEPTH else {}
+        schema = {key: value for key, value in schema.items() if key != "description"}
+    else:
+        schema = next((dict(s) for kind, s in _FIELD_SCHEMAS if isinstance(field, kind)), {})
+        max_length = getattr(field, "max_length", None)
+        if schema.get("type") == "string" and "format" not in schema and max_length:
+            schema["maxLength"] = max_length
+        values = [value for value, _label in field.flatchoices] if field.choices else []
+        if values and all(type(v) in (str, int, float, bool) for v in values):
+            schema["enum"] = values
+    if field.null and schema:
+        if "type" in schema:
+            kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+            schema["type"] = [*kinds, "null"]
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+    if field.help_text and depth == 0:
+        schema["description"] = str(field.help_text)
+    return schema
+
+
+def event_schema(model: type[models.Model], spec: ModelEventSettings) -> dict[str, Any]:
+    """Return the JSON Schema of ``model``'s event ``data``: ``{"pk": ..., "fields": {...}}``.
+
+    ``fields`` holds the fields ``spec`` names (all concrete ones when it names none),
+    keyed as ``_Recorder`` keys them: by the name written in ``MODEL_EVENTS``, or the
+    field's name. Every key is always present, so every one is required.
+    """
+    concrete = model._meta.concrete_fields
+    if spec.fields is None:
+        chosen = [(field.name, field) for field in concrete]
+    else:
+        by_name = {f.name: f for f in concrete} | {f.attname: f for f in concrete}
+        chosen = [(name, by_name[name]) for name in spec.fields if name in by_name]
+    pk = model._meta.pk
+    return {
+        "title": model._meta.label,
+        "description": f"A {model._meta.label} was created, updated or deleted; "
+        "the values are those of the saved (or deleted) row.",
+        "type": "object",
+        "properties": {
+            "pk": field_schema(pk) if pk is not None else {},
+            "fields": {
+                "type": "object",
+                "properties": {key: field_schema(field) for key, field in chosen},
+                "required": [key for key, _field in chosen],
+            },
+        },
+        "required": ["pk", "fields"],
+    }
+
+
+def event_schemas() -> dict[str, dict[str, Any]]:
+    """Return the JSON Schema of each ``MODEL_EVENTS`` model's event data, by its key
+    there (``"app_label.modelname"``), skipping entries that name no installed model."""
+    found = {}
+    for key, spec in get_config().model_events.items():
+        try:
+            model = apps.get_model(spec.label)
+        except (LookupError, ValueError):
+            continue  # redis_broker.E006 says so
+        found[key] = event_schema(model, spec)
+    return found

@@ -20,8 +20,10 @@ them too, so no input can make a reader recurse, and ``loads`` raises nothing bu
 ``MalformedEntry``.
 
 A dead-letter entry is the original entry's fields plus ``original_stream``,
-``original_id`` (``""`` for a list item), ``error`` (``"Type: message"``, at most 4,000
-characters), ``delivery_count`` and, when an exception caused it, ``traceback``: the
+``original_id`` (``""`` for a list item or a channel message), ``original_kind``
+(``"channel"`` for a channel message, absent otherwise), ``error`` (``"Type: message"``,
+or ``"validation: $.field: why"`` for a payload its handler's declared type refused; at
+most 4,000 characters), ``delivery_count`` and, when an exception caused it, ``traceback``: the
 formatted exception with its traceback and chained causes, cut to its last
 :data:`MAX_TRACEBACK_CHARS` characters (the innermost frames and the message are at the
 end). Readers must accept dead letters without ``traceback`` (written before it existed,
@@ -44,6 +46,7 @@ from typing import Any, cast
 from django.core.serializers.json import DjangoJSONEncoder
 
 from .exceptions import MalformedEntry
+from .payloads import to_builtins
 
 TYPE = "type"
 DATA = "data"
@@ -68,6 +71,9 @@ TRACESTATE = "tracestate"
 # Dead-letter fields added next to the original ones (contract section 3).
 ORIGINAL_STREAM = "original_stream"
 ORIGINAL_ID = "original_id"
+#: "channel" on a channel consumer's dead letter (a Pub/Sub message: no id, no key to
+#: append to; a requeue publishes it again); absent for streams and lists.
+ORIGINAL_KIND = "original_kind"
 ERROR = "error"
 DELIVERY_COUNT = "delivery_count"
 TRACEBACK = "traceback"
@@ -83,9 +89,25 @@ MAX_TRACEBACK_CHARS = 4096
 #: indented re-encoding. Real payloads rarely nest past ten.
 MAX_DEPTH = 100
 
+
+class _Encoder(DjangoJSONEncoder):
+    """Django's encoder, plus typed payloads: dataclasses and pydantic models."""
+
+    def default(self, o: Any) -> Any:
+        """Return ``o`` as JSON-ready values, or raise ``TypeError``.
+
+        Django's types first: model events carry datetimes on every save, and a typed
+        payload is tried only when Django refuses (bench/model_events.py).
+        """
+        try:
+            return super().default(o)
+        except TypeError:
+            return to_builtins(o)  # a dataclass or pydantic model; else TypeError
+
+
 # allow_nan=False: NaN and Infinity are not JSON (RFC 8259); JSON.parse and most other
 # languages' parsers refuse them, so publishing does too, and readers treat them as malformed.
-_encoder = DjangoJSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_encoder = _Encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # The C encoder that JSONEncoder.encode builds on every call, built once: events are
 # encoded on hot paths (every model save), and this halves the cost of a small payload
 # (bench/publish.py, bench/model_events.py).
@@ -486,6 +508,7 @@ def dead_letter_fields(
     error: str,
     delivery_count: int,
     traceback: str = "",
+    original_kind: str = "",
 ) -> dict[str, str]:
     """Return the dead-letter entry: the original fields plus where, why and how often.
 
@@ -497,6 +520,8 @@ def dead_letter_fields(
     result[ORIGINAL_ID] = original_id
     result[ERROR] = error[:4000]
     result[DELIVERY_COUNT] = str(delivery_count)
+    if original_kind:
+        result[ORIGINAL_KIND] = original_kind
     if traceback:
         if len(traceback) > MAX_TRACEBACK_CHARS:
             traceback = "…" + traceback[-(MAX_TRACEBACK_CHARS - 1) :]
@@ -506,7 +531,7 @@ def dead_letter_fields(
 
 def requeue_fields(fields: Mapping[str, str]) -> dict[str, str]:
     """Return a dead-lettered entry's original fields (same ``event_id``) for re-publishing."""
-    dropped = {ORIGINAL_STREAM, ORIGINAL_ID, ERROR, DELIVERY_COUNT, TRACEBACK}
+    dropped = {ORIGINAL_STREAM, ORIGINAL_ID, ORIGINAL_KIND, ERROR, DELIVERY_COUNT, TRACEBACK}
     return {k: v for k, v in fields.items() if k not in dropped}
 
 

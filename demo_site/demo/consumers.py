@@ -8,12 +8,15 @@
   it sends the mail and rings the recipient's bell.
 * ``price_quote`` (stream, request/reply): the quote page ``request()``s a price on
   ``demo.quotes`` and waits for the return value.
+
+Each declares the type of what it reads (``events.py``) and sends through a declared
+publisher (``publishers.py``), so ``manage.py asyncapi`` documents both. Only
+``price_quote`` answers requests; the others say so with ``no_reply=True``.
 """
 
 import re
 import time
 from decimal import Decimal
-from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
@@ -22,13 +25,23 @@ from django.urls import reverse
 from redis_broker import (
     Reject,
     Reply,
-    broadcast,
+    StreamMessage,
     channel_consumer,
     get_redis,
     list_consumer,
     stream_consumer,
 )
 
+from .events import (
+    EmailJob,
+    EmailNotification,
+    OnlineUsers,
+    Presence,
+    QuoteRequest,
+    TicketEvent,
+    TicketNotification,
+)
+from .publishers import email_notifications, online_users, ticket_notifications
 from .views import PRESENCE_HEARTBEAT, QUOTE_TIMEOUT, email_address
 
 STATUS_LABELS = {"open": "Open", "in_progress": "In progress", "resolved": "Resolved"}
@@ -47,8 +60,8 @@ SLOW_SKUS = {"Z9"}
 BULK_QUANTITY = 10
 
 
-@stream_consumer("demo.tickets", group="notifier")
-def notify(message: Any) -> None:
+@stream_consumer("demo.tickets", group="notifier", schema=TicketEvent, no_reply=True)
+def notify(message: StreamMessage) -> None:
     """Tell a ticket's owner that it was created, changed or deleted."""
     fields = message.data.get("fields", {})
     owner_id = fields.get("owner")
@@ -57,23 +70,22 @@ def notify(message: Any) -> None:
     action = message.type.rsplit(".", 1)[-1]
     status = STATUS_LABELS.get(fields.get("status"), fields.get("status"))
     pk = message.data.get("pk")
-    broadcast(
-        f"user.{owner_id}",
-        {
-            "kind": "ticket",
-            "ticket": pk,
-            "title": fields.get("title", ""),
-            "status": fields.get("status"),
-            "text": f"Ticket “{fields.get('title', '')}” {action}: {status}",
+    ticket_notifications.publish(
+        TicketNotification(
+            kind="ticket",
+            ticket=pk,
+            title=fields.get("title", ""),
+            status=fields.get("status"),
+            text=f"Ticket “{fields.get('title', '')}” {action}: {status}",
             # The bell links each notification here; the tickets page highlights the row.
-            "url": reverse("tickets") + (f"#ticket-{pk}" if action != "deleted" else ""),
-        },
-        type="demo.notification",
+            url=reverse("tickets") + (f"#ticket-{pk}" if action != "deleted" else ""),
+        ),
+        user_id=owner_id,
     )
 
 
-@channel_consumer("presence.{room}")
-def track_presence(message: Any, room: str) -> None:
+@channel_consumer("presence.{room}", schema=Presence, no_reply=True)
+def track_presence(message: StreamMessage, room: str) -> None:
     """Record a chat page's join, heartbeat or leave; broadcast who is in ``room``.
 
     A room is a sorted set of open pages (``<username>/<page id>``) scored by when each
@@ -101,11 +113,11 @@ def track_presence(message: Any, room: str) -> None:
     pipe.expire(key, PRESENCE_TIMEOUT)
     pipe.zrange(key, 0, -1)
     online = sorted({page.decode().split("/")[0] for page in pipe.execute()[-1]})
-    broadcast(f"online.{room}", {"users": online}, type="demo.online")
+    online_users.publish(OnlineUsers(users=online), room=room)
 
 
-@list_consumer("demo.emails")
-def send_email(message: Any) -> None:
+@list_consumer("demo.emails", schema=EmailJob, no_reply=True)
+def send_email(message: StreamMessage) -> None:
     """Send one queued e-mail; an exception retries it, then dead-letters it.
 
     The job stays in this worker's processing list until the function returns; if the
@@ -118,21 +130,20 @@ def send_email(message: Any) -> None:
     if user is None:
         raise Reject(f"no user {job['user']!r}")
     send_mail(job["subject"], job["body"], None, [email_address(user)])
-    broadcast(
-        f"user.{user.pk}",
-        {
-            "kind": "email",
-            "subject": job["subject"],
-            "body": job["body"],
-            "text": f"E-mail sent: {job['subject']}",
-            "url": reverse("emails"),
-        },
-        type="demo.notification",
+    email_notifications.publish(
+        EmailNotification(
+            kind="email",
+            subject=job["subject"],
+            body=job["body"],
+            text=f"E-mail sent: {job['subject']}",
+            url=reverse("emails"),
+        ),
+        user_id=user.pk,
     )
 
 
-@stream_consumer("demo.quotes", group="pricing")
-def price_quote(message: Any) -> Reply:
+@stream_consumer("demo.quotes", group="pricing", schema=QuoteRequest)
+def price_quote(message: StreamMessage) -> Reply:
     """Price ``quantity`` items of ``sku``: the return value is the caller's reply.
 
     The quote page calls ``request("demo.quotes", ...)`` and waits. ``Reject`` fails the

@@ -15,12 +15,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-import redis_broker
-from redis_broker import NoResponders, RemoteError, RequestTimeout, get_redis, push
+from redis_broker import NoResponders, RemoteError, RequestTimeout, get_redis
 from redis_broker.conf import get_config
 from redis_broker.naming import prefixed
 
+from .events import EmailJob, QuoteRequest
 from .models import SentEmail, Ticket
+from .publishers import email_jobs, quote_requests
 
 ROOMS = ["lobby", "random", "support"]
 ROOM_RE = re.compile(r"[a-z0-9_-]{1,50}")
@@ -111,8 +112,8 @@ def create_ticket(request: HttpRequest) -> HttpResponse:
 def update_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     """Change the status of one of the user's tickets and queue an e-mail about it.
 
-    A model event follows the commit, and so does the e-mail job: ``push()`` appends it
-    to the ``demo.emails`` list, and ``runconsumers`` sends it, so the request never
+    A model event follows the commit, and so does the e-mail job: ``email_jobs`` pushes it
+    onto the ``demo.emails`` list, and ``runconsumers`` sends it, so the request never
     waits for a mail server (and a failed send is retried, not lost).
     """
     if request.method != "POST":
@@ -122,12 +123,12 @@ def update_ticket(request: HttpRequest, pk: int) -> HttpResponse:
     if status in Ticket.Status.values:
         ticket.status = status
         ticket.save(update_fields=["status", "updated_at"])
-        job = {
-            "user": request.user.pk,
-            "subject": f"Ticket #{ticket.pk} is now {ticket.get_status_display()}",
-            "body": f"Your ticket “{ticket.title}” changed status: {ticket.get_status_display()}.",
-        }
-        transaction.on_commit(lambda: push("demo.emails", job, type="demo.email"))
+        job = EmailJob(
+            user=request.user.pk,
+            subject=f"Ticket #{ticket.pk} is now {ticket.get_status_display()}",
+            body=f"Your ticket “{ticket.title}” changed status: {ticket.get_status_display()}.",
+        )
+        transaction.on_commit(lambda: email_jobs.publish(job))
         messages.success(
             request, f"Ticket #{ticket.pk} saved: {ticket.get_status_display()}. Watch the bell."
         )
@@ -178,7 +179,7 @@ class QuoteForm(forms.Form):
 def quote(request: HttpRequest) -> HttpResponse:
     """Ask the pricing service for a quote and show its answer, or why there is none.
 
-    ``redis_broker.request()`` (qualified: a view's ``request`` is the HTTP request)
+    ``quote_requests.request()`` (``redis_broker.request()`` with the publisher's stream)
     blocks this view until the ``price_quote`` consumer in consumers.py replies. It
     fails fast when nothing can answer (``NoResponders``) or the service refused
     (``RemoteError``); only a slow service costs the full ``QUOTE_TIMEOUT``.
@@ -188,7 +189,10 @@ def quote(request: HttpRequest) -> HttpResponse:
     if form.is_valid():
         started = time.perf_counter()
         try:
-            reply = redis_broker.request("demo.quotes", form.cleaned_data, timeout=QUOTE_TIMEOUT)
+            query = QuoteRequest(
+                sku=form.cleaned_data["sku"], quantity=form.cleaned_data["quantity"]
+            )
+            reply = quote_requests.request(query, timeout=QUOTE_TIMEOUT)
             outcome = {"kind": "price", "quote": reply.data, "headers": reply.headers}
         except NoResponders:
             outcome = {"kind": "no-responders"}

@@ -12,6 +12,8 @@ for this connection rather than in this process (Redis drops the connection when
 buffer passes ``client-output-buffer-limit pubsub``; the window is then logged like any
 lost connection). A handler that raises is logged and the message dropped; for work
 that must not be missed, use a stream (or a durable channel, which is also a stream).
+A message whose payload does not validate against the handler's declared type is kept:
+it goes to the dead-letter stream ``<channel><DEAD_LETTER_SUFFIX>``.
 
 On a Redis Cluster plain names are SSUBSCRIBEd (sharded Pub/Sub, ``sharded_pubsub.py``):
 one connection per shard that owns one of the channels, read as one. Patterns have no
@@ -36,12 +38,13 @@ from ..backoff import Backoff, wait_or_stop
 from ..conf import BrokerConfig
 from ..connection import CONNECTION_ERRORS, build_async_client, explain, mask_url
 from ..exceptions import MalformedEntry
-from ..naming import prefixed, unprefixed
+from ..naming import dead_letter_name, prefixed, unprefixed
+from ..payloads import PayloadInvalid
 from ..publishing import trim_args
 from ..sharded_pubsub import CLUSTER_RETRY_ERRORS, ShardedPubSub
 from .message import StreamMessage
 from .registry import PARAMETER_RE, ChannelConsumerSpec
-from .worker import ConsumerWorker
+from .worker import ConsumerWorker, describe
 
 logger = logging.getLogger("redis_broker.consumers")
 
@@ -112,6 +115,7 @@ class ChannelWorker(ConsumerWorker):
         super().__init__(spec, config=config, concurrency=concurrency, burst=burst)
         self.handler = with_parameters(spec)
         self.prefix = config.key_prefix
+        self.dead_letter_suffix = config.consumers.dead_letter_suffix
         self.subscription = prefixed(config.key_prefix, spec.subscription)
         self.inbox: deque[tuple[str, bytes]] = deque()
         self.room = asyncio.Event()  # clear while the inbox is full
@@ -172,11 +176,22 @@ class ChannelWorker(ConsumerWorker):
     async def _settle_failure(
         self, entry_id: bytes, message: StreamMessage, exc: Exception
     ) -> None:
-        """Log and drop (a Pub/Sub message is delivered at most once); answer a request."""
+        """Log and drop (a Pub/Sub message is delivered at most once); answer a request.
+
+        A payload that does not validate against the handler's type is dead-lettered
+        instead: the handler never saw it, and what a producer got wrong is worth keeping.
+        """
         self.stats.failed += 1
+        self._reply_error(message, exc)
+        if isinstance(exc, PayloadInvalid):
+            logger.warning(
+                "%s: a message on %s (event %s) does not validate: %s; dead-lettering it",
+                *(self, message.stream, message.event_id, exc),
+            )
+            await self._dead_letter(entry_id, message, describe(exc))
+            return
         if self.instruments is not None:
             self.instruments.dropped.inc()
-        self._reply_error(message, exc)
         logger.error(
             "%s: the handler failed on a message on %s (event %s); dropped (at most once)",
             *(self, message.stream, message.event_id),
@@ -186,7 +201,28 @@ class ChannelWorker(ConsumerWorker):
     async def _dead_letter(
         self, entry_id: bytes, message: StreamMessage, error: str, trace: str = ""
     ) -> None:
-        raise AssertionError("channel messages are never dead-lettered")  # pragma: no cover
+        """Append the message to ``<channel><DEAD_LETTER_SUFFIX>`` (the channel it came on).
+
+        ``original_id`` is empty, as a Pub/Sub message has no id. Only a payload that did
+        not convert comes here, so ``message.data`` is still what was sent.
+        """
+        assert self.client is not None
+        fields = wire.DecodedMessage(
+            *(message.type, message.data, message.event_id, message.published_at, None),
+            headers=message.headers,
+        ).fields()
+        copy = wire.dead_letter_fields(
+            fields,
+            original_stream=message.stream,
+            original_id="",
+            error=error,
+            delivery_count=message.delivery_count,
+            traceback=trace,
+            original_kind="channel",
+        )
+        key = prefixed(self.prefix, dead_letter_name(message.stream, self.dead_letter_suffix))
+        await self.client.xadd(key, copy, **trim_args(self.maxlen))  # type: ignore[arg-type]
+        self._count_dead_letter()
 
     async def _flush_acks(self) -> None:
         """Nothing to ack on a channel; send replies, append outputs of handled messages."""

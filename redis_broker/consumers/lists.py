@@ -285,10 +285,9 @@ class ListWorker(ConsumerWorker):
     async def _dead_letter(
         self, entry_id: bytes, message: StreamMessage, error: str, trace: str = ""
     ) -> None:
-        fields = wire.DecodedMessage(
-            *(message.type, message.data, message.event_id, message.published_at, None),
-            headers=message.headers,
-        ).fields()
+        """Dead-letter the item as it was pushed: decoded again from the raw item, since
+        a typed handler's ``message.data`` is the converted object (``typed_handler``)."""
+        fields = wire.decode_element(self._items[entry_id]).fields()
         await self._move_to_dead_letters(entry_id, fields, error, message.delivery_count, trace)
 
     async def _move_to_dead_letters(

@@ -13,13 +13,14 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from django.utils.module_loading import autodiscover_modules
 
 from ..exceptions import ConsumerDefinitionError
 from ..naming import PATTERN_RE, is_valid_channel, is_valid_key_name
+from ..payloads import Payload, declared_payload, declared_reply
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +67,10 @@ class ConsumerSpec:
     """What every registered handler has, whatever it reads (validated on creation).
 
     ``concurrency`` left at None falls back to ``REDIS_BROKER["CONSUMERS"]``; ``output``
-    names a stream each non-None return value is appended to.
+    names a stream each non-None return value is appended to. ``payload`` is the type
+    the handler declares for ``message.data`` (``schema=``, else its ``StreamMessage[T]``
+    annotation), ``reply`` the type its return annotation gives replies and outputs; both
+    None when undeclared (``payloads.py``).
     """
 
     func: Callable[..., Any]
@@ -74,6 +78,9 @@ class ConsumerSpec:
     concurrency: int | None = None
     output: str | None = None
     no_reply: bool = False
+    schema: Any = None
+    payload: Payload | None = field(init=False, default=None)
+    reply: Payload | None = field(init=False, default=None)
 
     #: "stream", "channel" or "list": what the consumer reads.
     kind: ClassVar[str] = ""
@@ -87,6 +94,8 @@ class ConsumerSpec:
         _positive(path, "concurrency", self.concurrency)
         _valid_output(path, self.output)
         self._check_signature(self.keywords())
+        object.__setattr__(self, "payload", declared_payload(self.func, self.schema, path))
+        object.__setattr__(self, "reply", declared_reply(self.func, path))
 
     def keywords(self) -> tuple[str, ...]:
         """Return the keyword arguments the handler is called with besides the message."""
@@ -299,6 +308,7 @@ class ConsumerRegistry:
         start: str = "0",
         output: str | None = None,
         no_reply: bool = False,
+        schema: Any = None,
     ) -> Callable[[F], F]:
         """Return a decorator registering a stream consumer here (see :func:`stream_consumer`)."""
         return self._decorator(
@@ -311,6 +321,7 @@ class ConsumerRegistry:
             start=start,
             output=output,
             no_reply=no_reply,
+            schema=schema,
         )
 
     def channel_consumer(
@@ -321,6 +332,7 @@ class ConsumerRegistry:
         concurrency: int | None = None,
         output: str | None = None,
         no_reply: bool = False,
+        schema: Any = None,
     ) -> Callable[[F], F]:
         """Return a decorator registering a channel consumer (see :func:`channel_consumer`)."""
         return self._decorator(
@@ -330,6 +342,7 @@ class ConsumerRegistry:
             concurrency=concurrency,
             output=output,
             no_reply=no_reply,
+            schema=schema,
         )
 
     def list_consumer(
@@ -341,6 +354,7 @@ class ConsumerRegistry:
         concurrency: int | None = None,
         output: str | None = None,
         no_reply: bool = False,
+        schema: Any = None,
     ) -> Callable[[F], F]:
         """Return a decorator registering a list consumer here (see :func:`list_consumer`)."""
         return self._decorator(
@@ -351,6 +365,7 @@ class ConsumerRegistry:
             concurrency=concurrency,
             output=output,
             no_reply=no_reply,
+            schema=schema,
         )
 
     def all(self) -> list[ConsumerSpec]:
@@ -396,6 +411,7 @@ def stream_consumer(
     start: str = "0",
     output: str | None = None,
     no_reply: bool = False,
+    schema: Any = None,
 ) -> Callable[[F], F]:
     """Register a sync or async function as the consumer of ``stream`` in ``group``.
 
@@ -405,6 +421,9 @@ def stream_consumer(
     (``"0"``: events published before the first start are processed too); ``output``
     names a stream each non-None return value is appended to, in the same atomic step
     as the input's ack; ``no_reply=True`` never answers requests (see ``request()``).
+    ``schema`` (a dataclass, TypedDict or pydantic model) types ``message.data`` where the
+    handler's ``StreamMessage[T]`` annotation does not; a payload that does not convert
+    is dead-lettered at once (``payloads.py``).
     """
     return registry.stream_consumer(
         stream,
@@ -415,6 +434,7 @@ def stream_consumer(
         start=start,
         output=output,
         no_reply=no_reply,
+        schema=schema,
     )
 
 
@@ -425,6 +445,7 @@ def channel_consumer(
     concurrency: int | None = None,
     output: str | None = None,
     no_reply: bool = False,
+    schema: Any = None,
 ) -> Callable[[F], F]:
     """Register a sync or async function as a consumer of Pub/Sub channel ``pattern``.
 
@@ -434,7 +455,12 @@ def channel_consumer(
     ``handler(message, symbol="ABC")`` for ``prices.ABC``. At-most-once, as Pub/Sub is.
     """
     return registry.channel_consumer(
-        pattern, name=name, concurrency=concurrency, output=output, no_reply=no_reply
+        pattern,
+        name=name,
+        concurrency=concurrency,
+        output=output,
+        no_reply=no_reply,
+        schema=schema,
     )
 
 
@@ -446,6 +472,7 @@ def list_consumer(
     concurrency: int | None = None,
     output: str | None = None,
     no_reply: bool = False,
+    schema: Any = None,
 ) -> Callable[[F], F]:
     """Register a sync or async function as the consumer of the Redis list ``list_name``.
 
@@ -460,6 +487,7 @@ def list_consumer(
         concurrency=concurrency,
         output=output,
         no_reply=no_reply,
+        schema=schema,
     )
 
 

@@ -33,6 +33,7 @@ from ..connection import CONNECTION_ERRORS, REDIS_ERRORS
 from ..exceptions import ConsumerGroupMissing, Reject
 from ..metrics.process import ConsumerInstruments
 from ..naming import prefixed, reply_record_name
+from ..payloads import Payload, PayloadInvalid
 from ..requests import (
     INBOX_MAXLEN,
     REPLY_RECORD_MS,
@@ -109,8 +110,45 @@ class ConsumerStats:
 
 
 def describe(exc: BaseException) -> str:
-    """Return ``Type: message`` for an exception, the dead-letter ``error`` field."""
+    """Return ``Type: message`` for an exception, the dead-letter ``error`` field.
+
+    A payload that failed validation gives its message alone, ``validation: $.field:
+    why``: the prefix tells at a glance (and to a filter) that the producer sent
+    something the handler's type refuses, not that the handler failed.
+    """
+    if isinstance(exc, PayloadInvalid):
+        return str(exc)
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def typed_handler(
+    handler: Callable[[StreamMessage], Any], payload: Payload | None
+) -> Callable[[StreamMessage], Any]:
+    """Return ``handler`` receiving each message with its data converted to ``payload``.
+
+    Every kind's worker calls its handler through this, so a stream entry, a channel
+    message and a list item are checked alike, before the handler runs. A payload that
+    does not convert raises ``PayloadInvalid`` (a ``Reject``) from the call: the worker
+    then settles it like any rejection, with the message as it was read. Without a
+    declared type, ``handler`` itself (plain JSON data, nothing added per call).
+
+    The converted data replaces the decoded JSON in the message itself, not in a copy:
+    a copy per entry cost 3 % of the throughput (bench/typed.py: 0.85x of untyped against
+    0.88x). It is safe because the handler is the first to see the message, and each
+    message is handed to the lanes once (a retry decodes the entry afresh); what was
+    sent stays in ``message.fields`` (streams) and the raw item (lists), which dead
+    letters copy. The wrapper is a plain function for async handlers too: it returns the
+    handler's coroutine for the lane to await, one frame less per entry.
+    """
+    if payload is None:
+        return handler
+    convert, set_data = payload.convert, object.__setattr__
+
+    def call(message: StreamMessage) -> Any:
+        set_data(message, "data", convert(message.data))  # raises PayloadInvalid first
+        return handler(message)
+
+    return call
 
 
 def format_failure(exc: BaseException) -> str:
@@ -188,8 +226,9 @@ class ConsumerWorker:
         """
         self.client = client
         self._progress = asyncio.Event()
+        handler = typed_handler(self.handler, self.spec.payload)
         self.lanes = lanes_for(
-            tracing.traced_handler(self.handler, is_async=self.is_async, **self.trace_names()),
+            tracing.traced_handler(handler, is_async=self.is_async, **self.trace_names()),
             is_async=self.is_async,
             limit=self.concurrency,
             notify=self._notify,

@@ -36,7 +36,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from .. import wire
 from ..conf import BrokerConfig, get_config
-from ..connection import REDIS_ERRORS, get_redis
+from ..connection import REDIS_ERRORS, get_redis, publish_command
 from ..exceptions import MalformedEntry, WriteRefused
 from ..models import Broker, OutboxEvent
 from ..naming import (
@@ -144,6 +144,8 @@ class RequeueResult:
 
 #: What ``RequeueResult.requeued`` gives as the new id of an item pushed back to a list.
 LIST_TAIL = "(end of the list)"
+#: ... and of a channel consumer's dead letter, published again.
+PUBLISHED = "(published again)"
 
 
 def requeue_entries(
@@ -154,7 +156,9 @@ def requeue_entries(
     Each entry gets a new id in its ``original_stream`` (the consumer's ``stream`` when
     the field is missing) with its original fields, ``event_id`` included
     (``wire.requeue_fields``). A list consumer's dead letter goes back to the end of its
-    list instead (``RPUSH``, as ``push()`` adds), as the element it was, same ``event_id``.
+    list instead (``RPUSH``, as ``push()`` adds), as the element it was, same ``event_id``;
+    a channel consumer's (``original_kind`` "channel") is published on its channel again,
+    as the message it was.
     An entry is deleted from the dead-letter stream only once its copy was appended, so
     a failure can duplicate an event (same ``event_id``) but never lose one.
     """
@@ -164,6 +168,7 @@ def requeue_entries(
     for entry_id in ids:
         read.xrange(dlq_key, min=entry_id, max=entry_id, count=1)
     plans: list[tuple[str, str, dict[str, str], bool]] = []
+    fields_kind: dict[str, str] = {}  # dead-letter id -> original_kind
     missing: list[str] = []
     failed: list[tuple[str, str]] = []
     for entry_id, rows in zip(ids, read.execute(), strict=True):
@@ -180,6 +185,7 @@ def requeue_entries(
         # A list item has no entry id: list consumers dead-letter with original_id "".
         from_list = not fields.get(wire.ORIGINAL_ID)
         plans.append((entry_id, target, wire.requeue_fields(fields), from_list))
+        fields_kind[entry_id] = fields.get(wire.ORIGINAL_KIND, "")
     lists = _list_targets(client, prefix, plans)
     # Not publishing.publish_encoded: it raises on the first refused XADD, and a requeue
     # must report each entry and remove from the dead letters exactly those appended.
@@ -187,26 +193,46 @@ def requeue_entries(
     write = client.pipeline(transaction=False)
     written: list[tuple[str, str]] = []
     for entry_id, target, fields, _from_list in plans:
-        key = prefixed(prefix, target)
-        if target in lists:
-            try:
-                write.rpush(key, _list_element(fields))
-            except (MalformedEntry, TypeError) as exc:
-                failed.append((entry_id, f"{target}: {exc}"))
-                continue
-        else:
-            write.xadd(key, dict(fields), **xadd_args)  # type: ignore[arg-type]
+        kind = fields_kind.get(entry_id) or ("list" if target in lists else "stream")
+        try:
+            _write_back(write, client, kind, prefixed(prefix, target), fields, xadd_args)
+        except (MalformedEntry, TypeError) as exc:
+            failed.append((entry_id, f"{target}: {exc}"))
+            continue
         written.append((entry_id, target))
     requeued: list[tuple[str, str, str]] = []
     for (entry_id, target), reply in zip(written, write.execute(raise_on_error=False), strict=True):
         if isinstance(reply, Exception):
             failed.append((entry_id, f"{target}: {reply}"))
         else:
-            new_id = LIST_TAIL if target in lists else wire.reply_text(reply, "replace")
+            if fields_kind.get(entry_id) == "channel":
+                new_id = PUBLISHED
+            elif target in lists:
+                new_id = LIST_TAIL
+            else:
+                new_id = wire.reply_text(reply, "replace")
             requeued.append((entry_id, target, new_id))
     if requeued:
         client.xdel(dlq_key, *[entry_id for entry_id, _, _ in requeued])
     return RequeueResult(requeued=requeued, missing=missing, failed=failed)
+
+
+def _write_back(
+    write: Any,
+    client: redis.Redis,
+    kind: str,
+    key: str,
+    fields: dict[str, str],
+    xadd_args: dict[str, Any],
+) -> None:
+    """Queue on ``write`` what puts one dead letter back: a PUBLISH for a channel's, an
+    RPUSH for a list's, else an XADD; raise what encoding the message raises."""
+    if kind == "channel":
+        write.execute_command(publish_command(client), key, _list_element(fields))
+    elif kind == "list":
+        write.rpush(key, _list_element(fields))
+    else:
+        write.xadd(key, dict(fields), **xadd_args)
 
 
 def _list_targets(

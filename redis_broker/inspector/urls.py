@@ -33,6 +33,8 @@ ROUTES: list[tuple[str, Callable[..., HttpResponse], str]] = [
     ("pubsub/", views.pubsub, "pubsub"),
     ("pubsub/users/<str:user_id>/disconnect/", actions.disconnect_relay_user, "disconnect_user"),
     ("outbox/", views.outbox, "outbox"),
+    ("asyncapi/", views.asyncapi_page, "asyncapi"),
+    ("asyncapi/asyncapi.<str:fmt>", views.asyncapi_download, "asyncapi_download"),
     ("outbox/delete/", actions.delete_outbox, "delete_outbox"),
     ("outbox/retry/", actions.retry_outbox, "retry_outbox"),
     ("send/", actions.send_message, "send"),

@@ -9,10 +9,11 @@ context starts with ``admin_site.each_context(request)``. Views receive the
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
 from ..conf import BrokerConfig, get_config
@@ -535,3 +536,103 @@ def outbox(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
         rows=[(row, key_types.get(row.stream, "")) for row in info.oldest],
         redis_error=redis_error,
     )
+
+
+# --- The AsyncAPI document ---------------------------------------------------------------
+
+
+@inspector_view()
+def asyncapi_page(request: HttpRequest, model_admin: InspectorAdmin) -> HttpResponse:
+    """Show the project's AsyncAPI document: channels, operations, messages and schemas.
+
+    Built from the code and settings (``asyncapi.project_document``, as ``manage.py
+    asyncapi`` builds it), so it reads nothing from Redis; it imports every app's
+    ``consumers`` and ``publishers`` modules. Schemas are indented JSON, folded.
+    """
+    # Imported here: it brings the consumer machinery, which only this page needs.
+    from .. import asyncapi
+
+    document = asyncapi.project_document()
+    here = admin_url(request, "asyncapi")
+    return render(
+        request,
+        model_admin,
+        "redis_broker/admin/asyncapi.html",
+        title="AsyncAPI document",
+        crumbs=[("AsyncAPI document", None)],
+        info=document["info"],
+        servers=sorted(document["servers"].items()),
+        channels=_asyncapi_channels(document),
+        operations=_asyncapi_operations(document),
+        schemas=[
+            (name, _indented(schema)) for name, schema in document["components"]["schemas"].items()
+        ],
+        json_url=f"{here}asyncapi.json",
+        yaml_url=f"{here}asyncapi.yaml" if asyncapi.yaml_available() else None,
+    )
+
+
+@inspector_view()
+def asyncapi_download(request: HttpRequest, model_admin: InspectorAdmin, fmt: str) -> HttpResponse:
+    """Return the AsyncAPI document as a file, ``asyncapi.json`` or ``asyncapi.yaml``."""
+    from .. import asyncapi
+
+    if fmt not in asyncapi.FORMATS or (fmt == "yaml" and not asyncapi.yaml_available()):
+        raise Http404("The document is served as asyncapi.json, and as asyncapi.yaml with PyYAML.")
+    text = asyncapi.dumps(asyncapi.project_document(), fmt)
+    kind = "application/json" if fmt == "json" else "application/yaml"
+    response = HttpResponse(text, content_type=f"{kind}; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="asyncapi.{fmt}"'
+    return response
+
+
+def _indented(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _asyncapi_channels(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return each channel of ``document`` as the page lists it, messages indented."""
+    return [
+        {
+            "id": cid,
+            "address": channel.get("address"),
+            "kind": channel.get("x-redis-kind", ""),
+            "description": channel.get("description", ""),
+            "parameters": sorted((channel.get("parameters") or {}).items()),
+            "messages": [
+                {
+                    "id": mid,
+                    "title": message.get("title", mid),
+                    "summary": message.get("summary", ""),
+                    "payload": _indented(message.get("payload", {})),
+                }
+                for mid, message in channel.get("messages", {}).items()
+            ],
+        }
+        for cid, channel in document["channels"].items()
+    ]
+
+
+def _last(ref: dict[str, Any]) -> str:
+    """Return the id a ``$ref`` ends with (``#/channels/stream.orders`` -> ``stream.orders``)."""
+    return str(ref.get("$ref", "")).rpartition("/")[2]
+
+
+def _asyncapi_operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return each operation of ``document`` as the page lists it, refs made readable."""
+    return [
+        {
+            "id": oid,
+            "action": op.get("action", ""),
+            "title": op.get("title", oid),
+            "summary": op.get("summary", ""),
+            "description": op.get("description", ""),
+            "channel": _last(op.get("channel", {})),
+            "messages": [_last(ref) for ref in op.get("messages", [])],
+            "group": op.get("x-redis-group", ""),
+            "replies": [_last(ref) for ref in op["reply"].get("messages", [])]
+            if "reply" in op
+            else None,
+        }
+        for oid, op in document["operations"].items()
+    ]

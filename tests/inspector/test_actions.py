@@ -191,3 +191,38 @@ def test_log_entry_link_leads_to_the_stream_page(admin_client: Client, seeded: S
     response = admin_client.get(link)
     assert response.status_code == 302
     assert response["Location"] == url("stream", stream=STREAM)
+
+
+@pytest.mark.django_db
+def test_requeue_publishes_a_channel_consumers_dead_letter_on_its_channel_again(
+    admin_client: Client, redis_client: redis.Redis
+) -> None:
+    """Tests that a channel message's dead letter (``original_kind`` "channel") goes back
+    to its Pub/Sub channel, as the message it was, and never into a stream or list
+    named after the channel."""
+    channel = "prices.typed"
+    message = wire.encode_message({"symbol": 7}, type="price", event_id="e-1")
+    fields = wire.dead_letter_fields(
+        wire.decode_message(message).fields(),
+        original_stream=channel,
+        original_id="",
+        error="validation: $.symbol: Expected `str`, got `int`",
+        delivery_count=1,
+        original_kind="channel",
+    )
+    dlq = dead_letter_name(channel, ":dlq")
+    dead_id = redis_client.xadd(dlq, fields)
+    subscriber = redis_client.pubsub()
+    subscriber.subscribe(channel)
+    assert subscriber.get_message(timeout=5)["type"] == "subscribe"
+
+    response = admin_client.post(url("requeue", stream=channel), {"ids": [dead_id]})
+
+    assert response.status_code == 302
+    received = subscriber.get_message(timeout=5)
+    subscriber.close()
+    assert received is not None and received["type"] == "message"
+    again = wire.decode_message(received["data"])
+    assert (again.data, again.type, again.event_id) == ({"symbol": 7}, "price", "e-1")
+    assert redis_client.xlen(dlq) == 0
+    assert redis_client.exists(channel) == 0  # no stream or list made of the channel's name
