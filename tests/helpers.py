@@ -7,10 +7,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from django.db import connection, connections
+
+from redis_broker.testing import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 P = ParamSpec("P")
@@ -85,3 +87,23 @@ def broker_url(url: str) -> dict[str, object]:
 single_node_only = pytest.mark.skipif(
     os.environ.get("REDIS_CLUSTER") == "1", reason="tests a single-node code path"
 )
+
+
+def listen(client: Any, channel: str) -> tuple[Any, Callable[[], Any]]:
+    """Subscribe ``channel`` as another service would, once Redis confirmed; return the
+    Pub/Sub object and a function returning its next message (or None). On a cluster
+    broadcast() uses SPUBLISH, so this uses SSUBSCRIBE there."""
+    pubsub = client.pubsub()
+    if hasattr(client, "get_primaries"):  # a cluster client
+        pubsub.ssubscribe(channel)
+
+        def next_message() -> Any:
+            return pubsub.get_sharded_message(timeout=0.1)
+    else:
+        pubsub.subscribe(channel)
+
+        def next_message() -> Any:
+            return pubsub.get_message(timeout=0.1)
+
+    wait_for(next_message, message="subscribe confirmation")
+    return pubsub, next_message

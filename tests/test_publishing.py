@@ -22,27 +22,7 @@ from redis_broker import (
 )
 from redis_broker.exceptions import BrokerUnavailable, WriteRefused
 from redis_broker.testing import RedisServer, wait_for
-from tests.helpers import broker_url
-
-
-def listen(client: Any, channel: str) -> tuple[Any, Callable[[], Any]]:
-    """Subscribe ``channel`` as another service would, once Redis confirmed; return the
-    Pub/Sub object and a function returning its next message (or None). On a cluster
-    broadcast() uses SPUBLISH, so this uses SSUBSCRIBE there."""
-    pubsub = client.pubsub()
-    if hasattr(client, "get_primaries"):  # a cluster client
-        pubsub.ssubscribe(channel)
-
-        def next_message() -> Any:
-            return pubsub.get_sharded_message(timeout=0.1)
-    else:
-        pubsub.subscribe(channel)
-
-        def next_message() -> Any:
-            return pubsub.get_message(timeout=0.1)
-
-    wait_for(next_message, message="subscribe confirmation")
-    return pubsub, next_message
+from tests.helpers import broker_url, listen
 
 
 def test_published_entry_is_readable_with_plain_redis_py(redis_client: redis.Redis) -> None:
