@@ -159,7 +159,11 @@ def test_a_bad_cursor_shows_the_first_page_with_a_clear_message(
     assert response.status_code == 200
     assert "The page starts over." in response.context["problem"]
     assert 'id="rb-page-problem"' in response.content.decode()
-    assert [s.name for s in response.context["listing"].streams] == first
+    shown = [s.name for s in response.context["listing"].streams]
+    # The first page again: SCAN's order moves when another key is written meanwhile (a
+    # worker's heartbeat on a shared test cluster can make Redis resize its table).
+    again = walk(admin_client, count=50)[0]
+    assert shown in (first, again)
     assert response.context["page_number"] == 1
 
 
