@@ -177,7 +177,7 @@ def schemas(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             components.update(schema.pop("$defs", {}))
             components[kind.__name__] = schema
             found[id(kind)] = {"$ref": REF_TEMPLATE.format(name=kind.__name__)}
-    return [found[id(kind)] for kind in types], components
+    return [found[id(kind)] for kind in types], _clean_descriptions(components)
 
 
 def declared_payload(func: Callable[..., Any], schema: Any, path: str) -> Payload | None:
@@ -268,3 +268,19 @@ def to_builtins(value: Any) -> Any:
     if _pydantic_model(type(value)):
         return value.model_dump(mode="json")
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _clean_descriptions(schema: Any) -> Any:
+    """Return ``schema`` with every ``description`` (a type's docstring) cleaned as
+    ``inspect.cleandoc`` does: Python 3.13 strips docstrings' indentation when it
+    compiles them and 3.11 does not, and the document must read the same on both."""
+    if isinstance(schema, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_clean_descriptions(item) for item in schema]
+    return schema
