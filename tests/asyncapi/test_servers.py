@@ -16,17 +16,17 @@ SECRETS = ("s3cret-pass", "alice-the-user", "query-secret", "option-secret")
 @pytest.mark.parametrize(
     "raw",
     [
-        {"URL": "rediss://alice-the-user:s3cret-pass@redis.example.com:6380/2"},
-        {"URL": "redis://:s3cret-pass@10.0.0.5/0?password=query-secret"},
-        {"URL": "redis://10.0.0.5:6379/0", "OPTIONS": {"password": "option-secret"}},
+        {"URL": "rediss://alice-the-user:s3cret-pass@127.0.0.1:6380/2"},
+        {"URL": "redis://:s3cret-pass@127.0.0.1/0?password=query-secret"},
+        {"URL": "redis://127.0.0.1:6379/0", "OPTIONS": {"password": "option-secret"}},
         {
-            "URL": "rediss://alice-the-user:s3cret-pass@10.0.0.5:7000/0",
+            "URL": "rediss://alice-the-user:s3cret-pass@127.0.0.1:7000/0",
             "CLUSTER": True,
-            "STARTUP_NODES": [("10.0.0.6", 7000), "10.0.0.7:7001"],
+            "STARTUP_NODES": [("127.0.0.1", 7002), "127.0.0.1:7003"],
         },
         {
-            "URL": "redis://alice-the-user:s3cret-pass@ignored/1",
-            "SENTINELS": [("sentinel-1", 26379), ("sentinel-2", 26379)],
+            "URL": "redis://alice-the-user:s3cret-pass@127.0.0.1/1",
+            "SENTINELS": [("127.0.0.1", 26379), ("127.0.0.1", 26380)],
             "SENTINEL_SERVICE": "mymaster",
         },
         {"URL": "unix://alice-the-user:s3cret-pass@/run/redis.sock?db=3&password=query-secret"},
@@ -50,9 +50,9 @@ def test_no_user_name_or_password_reaches_the_document(raw: dict[str, object]) -
 def test_a_tls_url_is_a_rediss_server_with_host_port_and_database() -> None:
     """Tests that ``rediss://`` gives protocol rediss, the host with its port and the
     database as the path."""
-    assert servers(config(URL="rediss://:pw@redis.example.com:6380/2")) == {
+    assert servers(config(URL="rediss://:pw@127.0.0.1:6380/2")) == {
         "redis": {
-            "host": "redis.example.com:6380",
+            "host": "127.0.0.1:6380",
             "pathname": "/2",
             "protocol": "rediss",
             "description": "The Redis server.",
@@ -73,11 +73,11 @@ def test_a_url_without_port_or_credentials_has_no_security() -> None:
 def test_each_cluster_node_and_sentinel_is_a_server() -> None:
     """Tests that a cluster's URL node and startup nodes, and each Sentinel, are servers."""
     cluster = servers(
-        config(URL="redis://10.0.0.5:7000", CLUSTER=True, STARTUP_NODES=["10.0.0.6:7001"])
+        config(URL="redis://127.0.0.1:7000", CLUSTER=True, STARTUP_NODES=["127.0.0.1:7001"])
     )
-    assert [s["host"] for s in cluster.values()] == ["10.0.0.5:7000", "10.0.0.6:7001"]
+    assert [s["host"] for s in cluster.values()] == ["127.0.0.1:7000", "127.0.0.1:7001"]
     sentinel = servers(
-        config(SENTINELS=[("s1", 26379), ("s2", 26380)], SENTINEL_SERVICE="mymaster")
+        config(SENTINELS=[("127.0.0.1", 26379), ("::1", 26380)], SENTINEL_SERVICE="mymaster")
     )
-    assert [s["host"] for s in sentinel.values()] == ["s1:26379", "s2:26380"]
+    assert [s["host"] for s in sentinel.values()] == ["127.0.0.1:26379", "[::1]:26380"]
     assert "`mymaster`" in sentinel["sentinel-1"]["description"]
