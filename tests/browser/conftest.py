@@ -142,6 +142,9 @@ def logged_in_page(browser: Any, daphne_server: LiveServer) -> Iterator[Callable
         page.fill("#id_password", username)
         page.click("#login-submit")
         page.wait_for_selector("#whoami")
+        # The header can be parsed before the page's scripts have run; tests start from
+        # a page whose scripts are loaded.
+        page.wait_for_load_state("load")
         return page
 
     yield _open

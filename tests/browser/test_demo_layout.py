@@ -104,7 +104,7 @@ def test_the_favicon_and_broker_js_are_served_with_debug_off(
     """Tests that the demo server runs with DEBUG off (no debug 404 page) and still serves
     its static files: the SVG favicon every page links, and broker.js."""
     page = logged_in_page("alice")
-    assert page.evaluate("typeof window.RedisBroker") == "object"
+    page.wait_for_function("typeof window.RedisBroker === 'object'")
     href = page.locator("link[rel=icon]").get_attribute("href")
     assert href == "/static/demo/favicon.svg"
     icon = page.request.get(daphne_server.url + href)
