@@ -54,7 +54,6 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
-import logging
 import os
 import resource
 import statistics
@@ -69,6 +68,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import configure_consumers, fill_stream  # noqa: E402
+
 #: Set in the environment of a run without hiredis, so that its child processes (the
 #: burst and raw-loop scripts, the producer) run without it too.
 NO_HIREDIS = "BENCH_NO_HIREDIS"
@@ -76,7 +77,6 @@ if "--no-hiredis" in sys.argv or os.environ.get(NO_HIREDIS):
     os.environ[NO_HIREDIS] = "1"
     sys.modules["hiredis"] = None  # type: ignore[assignment]  # import hiredis: ImportError
 
-import django  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 import redis.asyncio.cluster  # noqa: E402
@@ -88,21 +88,13 @@ LATENCY_STREAM = "bench.latency"
 PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items": [1, 2, 3]}
 #: FastStream per message is ~30x slower; this many entries give a stable rate.
 FASTSTREAM_PER_MESSAGE_CAP = 20_000
+#: A throughput contender: its name, its entry count, a run given a group name, its rounds.
+Contender = tuple[str, int, Callable[[str], Any], int]
 
 
 def configure(url: str, *, cluster: bool = False) -> None:
-    """Configure Django minimally: the app, its Redis (``cluster``: a cluster), no database."""
-    broker = {"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}}
-    if cluster:
-        broker["CLUSTER"] = True
-    settings.configure(
-        INSTALLED_APPS=["redis_broker"],
-        REDIS_BROKER=broker,
-        DATABASES={},
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
-    logging.getLogger("redis_broker").setLevel(logging.ERROR)  # no "stopping" chatter
+    """Configure Django for the app alone on ``url`` (``cluster``: a cluster)."""
+    configure_consumers(url, **({"CLUSTER": True} if cluster else {}))
 
 
 def raw_client(url: str, *, cluster: bool = False) -> Any:
@@ -114,17 +106,11 @@ def raw_client(url: str, *, cluster: bool = False) -> Any:
 
 def prefill(url: str, count: int, *, stream: str = STREAM, cluster: bool = False) -> int:
     """Append ``count`` entries in our wire format; return the size of one ``data`` field."""
-    from redis_broker import wire
-
     client = raw_client(url, cluster=cluster)
-    data_size = len(wire.dumps(PAYLOAD))
-    for start in range(0, count, 1000):
-        pipe = client.pipeline(transaction=False)
-        for n in range(start, min(count, start + 1000)):
-            pipe.xadd(stream, wire.encode_entry({**PAYLOAD, "order_id": n}, type="order.created"))
-        pipe.execute()
-    client.close()
-    return data_size
+    try:
+        return fill_stream(client, stream, count, PAYLOAD, type="order.created")
+    finally:
+        client.close()
 
 
 def group(
@@ -482,7 +468,7 @@ def measure(url: str, name: str, count: int, run: Callable[[str], Any]) -> tuple
 
 
 def throughput(
-    url: str, contenders: list[tuple[str, int, Callable[[str], Any], int]], repeat: int
+    url: str, contenders: list[Contender], repeat: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Print and return the best wall-clock and CPU rates of ``(name, entries, run, runs)``
     contenders, interleaved round by round (drift on a busy machine hits all alike)."""
@@ -574,25 +560,34 @@ def header(url: str, entries: int, size: int) -> None:
     client.close()
 
 
-def engine(url: str, entries: int, repeat: int) -> None:
-    """Print the engine's figures: ours against the raw loop in this process, whole
-    processes, and 1/10/100 streams."""
-    contenders: list[tuple[str, int, Callable[[str], Any], int]] = [
+def engine_contenders(url: str, entries: int, repeat: int) -> list[Contender]:
+    """Return the engine's contenders: ours (async and sync handlers) and the raw loop."""
+    return [
         ("ours-async", entries, lambda g: run_ours(_trivial_async, g), repeat),
         ("ours-sync", entries, lambda g: run_ours(_trivial_sync, g), repeat),
         ("raw", entries, lambda g: asyncio.run(run_raw(url, g, entries, _trivial_raw)), repeat),
     ]
+
+
+def engine_ratios(
+    rates: dict[str, float], cpu_rates: dict[str, float]
+) -> list[tuple[str, float, float | None]]:
+    """Return the engine's ratios to the raw loop, wall-clock and CPU, with their targets."""
+    return [
+        ("async / raw", rates["ours-async"] / rates["raw"], 0.9),
+        ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], None),
+        ("sync / raw", rates["ours-sync"] / rates["raw"], 0.5),
+        ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], None),
+    ]
+
+
+def engine(url: str, entries: int, repeat: int) -> None:
+    """Print the engine's figures: ours against the raw loop in this process, whole
+    processes, and 1/10/100 streams."""
     print(f"Throughput, best of {repeat}, interleaved:")
-    rates, cpu_rates = throughput(url, contenders, repeat)
+    rates, cpu_rates = throughput(url, engine_contenders(url, entries, repeat), repeat)
     print("Ratios of entries/s (targets in brackets):")
-    print_ratios(
-        [
-            ("async / raw", rates["ours-async"] / rates["raw"], 0.9),
-            ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], None),
-            ("sync / raw", rates["ours-sync"] / rates["raw"], 0.5),
-            ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], None),
-        ]
-    )
+    print_ratios(engine_ratios(rates, cpu_rates))
     whole_processes(url, entries, repeat)
     streams_cost(url, entries, repeat)
 
@@ -689,10 +684,8 @@ def main() -> None:
 def everything(url: str, entries: int, repeat: int, latency_count: int) -> None:
     """Print every figure of the default run."""
     fs_count = min(entries, FASTSTREAM_PER_MESSAGE_CAP)
-    contenders: list[tuple[str, int, Callable[[str], Any], int]] = [
-        ("ours-async", entries, lambda g: run_ours(_trivial_async, g), repeat),
-        ("ours-sync", entries, lambda g: run_ours(_trivial_sync, g), repeat),
-        ("raw", entries, lambda g: asyncio.run(run_raw(url, g, entries, _trivial_raw)), repeat),
+    contenders = [
+        *engine_contenders(url, entries, repeat),
         (
             "faststream",
             fs_count,
@@ -711,10 +704,7 @@ def everything(url: str, entries: int, repeat: int, latency_count: int) -> None:
     print("Ratios of entries/s (targets in brackets):")
     print_ratios(
         [
-            ("async / raw", rates["ours-async"] / rates["raw"], 0.9),
-            ("async / raw, CPU", cpu_rates["ours-async"] / cpu_rates["raw"], None),
-            ("sync / raw", rates["ours-sync"] / rates["raw"], 0.5),
-            ("sync / raw, CPU", cpu_rates["ours-sync"] / cpu_rates["raw"], None),
+            *engine_ratios(rates, cpu_rates),
             ("async / FastStream", rates["ours-async"] / rates["faststream"], 10),
             ("async / FastStream batch", rates["ours-async"] / rates["faststream-batch"], 1.5),
             ("sync / FastStream", rates["ours-sync"] / rates["faststream"], None),

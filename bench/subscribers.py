@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import subprocess
 import sys
 import threading
@@ -50,10 +49,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import django  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
-from django.conf import settings  # noqa: E402
+
+from bench.common import configure_consumers, fill_stream  # noqa: E402
 
 LIST = "bench.jobs"
 PROCESSING = "bench.jobs:raw-processing"  # the raw loop's own processing list
@@ -63,18 +62,6 @@ OUTPUT = "bench.out"
 PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items": [1, 2, 3]}
 #: Seconds without a message, once the publisher has exited, after which a run ends.
 IDLE_TIMEOUT = 3.0
-
-
-def configure(url: str) -> None:
-    """Configure Django minimally: the app, its Redis, no database."""
-    settings.configure(
-        INSTALLED_APPS=["redis_broker"],
-        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}},
-        DATABASES={},
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
-    logging.getLogger("redis_broker").setLevel(logging.ERROR)  # no "stopping" chatter
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -455,17 +442,13 @@ def bench_channels(url: str, count: int, repeat: int) -> None:
 # --- 3. outputs --------------------------------------------------------------------------
 
 
-def fill_stream(url: str, count: int) -> None:
+def prefill(url: str, count: int) -> None:
     """Append ``count`` entries in our wire format to the input stream."""
-    from redis_broker import wire
-
     client = redis.Redis.from_url(url)
-    for start in range(0, count, 1000):
-        pipe = client.pipeline(transaction=False)
-        for n in range(start, min(count, start + 1000)):
-            pipe.xadd(STREAM, wire.encode_entry({**PAYLOAD, "order_id": n}, type="order.created"))
-        pipe.execute()
-    client.close()
+    try:
+        fill_stream(client, STREAM, count, PAYLOAD, type="order.created")
+    finally:
+        client.close()
 
 
 def stream_ours(url: str, group: str, output: str | None) -> None:
@@ -485,7 +468,7 @@ def stream_ours(url: str, group: str, output: str | None) -> None:
 
 def bench_outputs(url: str, count: int, repeat: int) -> None:
     """Measure a stream consumer with and without ``output=``; print the ratio."""
-    fill_stream(url, count)
+    prefill(url, count)
     client = redis.Redis.from_url(url)
     print(f"3. Stream consumer outputs, {count:,} entries, best of {repeat}:")
     rates: dict[str, float] = {}
@@ -548,7 +531,7 @@ def main() -> None:
     server = RedisServer()
     url = server.start()
     try:
-        configure(url)
+        configure_consumers(url)
         client = redis.Redis.from_url(url)
         size = fill_list(url, 1)
         print(

@@ -35,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import configure_consumers, fill_stream  # noqa: E402
+
 STREAM = "bench.tracing"
 PAYLOAD = {"order_id": 123456, "customer": "c" * 120, "total": "99.90", "items": [1, 2, 3]}
 # A sampled parent, as a traced publisher would have written it.
@@ -66,16 +68,7 @@ def configure(url: str, mode: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=100_000))
         trace.set_tracer_provider(provider)
 
-    import django
-    from django.conf import settings
-
-    settings.configure(
-        INSTALLED_APPS=["redis_broker"],
-        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}},
-        DATABASES={},
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
+    configure_consumers(url)
 
 
 @contextmanager
@@ -190,17 +183,13 @@ def prefill(url: str, count: int) -> None:
     from redis_broker import wire
 
     client = redis.Redis.from_url(url)
-    for start in range(0, count, 1000):
-        pipe = client.pipeline(transaction=False)
-        for n in range(start, min(count, start + 1000)):
-            fields = wire.encode_entry(
-                {**PAYLOAD, "order_id": n},
-                type="order.created",
-                headers={wire.TRACEPARENT: TRACEPARENT},
-            )
-            pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
-        pipe.execute()
-    client.close()
+    try:
+        fill_stream(
+            client, STREAM, count, PAYLOAD, type="order.created",
+            headers={wire.TRACEPARENT: TRACEPARENT},
+        )  # fmt: skip
+    finally:
+        client.close()
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ consumer's own CPU, all threads; Redis's work is not in it).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -34,10 +33,9 @@ from typing import Any, TypedDict
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import django  # noqa: E402
 import redis  # noqa: E402
-from django.conf import settings  # noqa: E402
 
+from bench.common import configure_consumers, fill_stream  # noqa: E402
 from redis_broker.consumers.message import StreamMessage  # noqa: E402
 
 STREAM = "bench.typed"
@@ -97,30 +95,13 @@ async def typed(message: StreamMessage[Order]) -> None:
     """The typed contender's handler: ``message.data`` is an ``Order``."""
 
 
-def configure(url: str) -> None:
-    """Configure Django minimally: the app, its Redis, no database."""
-    settings.configure(
-        INSTALLED_APPS=["redis_broker"],
-        REDIS_BROKER={"URL": url, "STREAM_MAXLEN": None, "CONSUMERS": {"STATUS_INTERVAL": 60.0}},
-        DATABASES={},
-        LOGGING_CONFIG=None,
-    )
-    django.setup()
-    logging.getLogger("redis_broker").setLevel(logging.ERROR)
-
-
 def prefill(url: str, count: int) -> int:
     """Append ``count`` entries in our wire format; return the size of one ``data`` field."""
-    from redis_broker import wire
-
     client = redis.Redis.from_url(url)
-    for start in range(0, count, 1000):
-        pipe = client.pipeline(transaction=False)
-        for n in range(start, min(count, start + 1000)):
-            pipe.xadd(STREAM, wire.encode_entry({**PAYLOAD, "order_id": n}, type="order"))
-        pipe.execute()
-    client.close()
-    return len(wire.dumps(PAYLOAD))
+    try:
+        return fill_stream(client, STREAM, count, PAYLOAD, type="order")
+    finally:
+        client.close()
 
 
 def run_ours(handler: Callable[..., Any], group: str, schema: Any = None) -> None:
@@ -177,7 +158,7 @@ def main() -> None:
     server = RedisServer()
     url = server.start()
     try:
-        configure(url)
+        configure_consumers(url)
         size = prefill(url, entries)
         client = redis.Redis.from_url(url)
         print(

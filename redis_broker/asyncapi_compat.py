@@ -165,25 +165,29 @@ def removed_messages(committed: Document, current: Document) -> list[str]:
 
 def new_required_fields(committed: Document, current: Document) -> list[str]:
     """Return a line per field that a message's payload now requires and did not."""
-    lines = []
-    for where, old, new in _message_pairs(committed, current):
-        walk = _Walk(committed, current)
-        walk.compare(old.get("payload"), new.get("payload"), "")
-        lines += [f"{where}: {path} is a new required field." for path in walk.required]
-    return lines
+    return [
+        f"{where}: {path} is a new required field."
+        for where, walk in _payload_walks(committed, current)
+        for path in walk.required
+    ]
 
 
 def changed_field_types(committed: Document, current: Document) -> list[str]:
     """Return a line per field of a message's payload whose type changed."""
-    lines = []
+    return [
+        f"{where}: {path} changed type from {before} to {after}."
+        for where, walk in _payload_walks(committed, current)
+        for path, before, after in walk.retyped
+    ]
+
+
+def _payload_walks(committed: Document, current: Document) -> Iterator[tuple[str, _Walk]]:
+    """Yield each message both documents have, as its label and the walk that compared
+    its payloads."""
     for where, old, new in _message_pairs(committed, current):
         walk = _Walk(committed, current)
         walk.compare(old.get("payload"), new.get("payload"), "")
-        lines += [
-            f"{where}: {path} changed type from {before} to {after}."
-            for path, before, after in walk.retyped
-        ]
-    return lines
+        yield where, walk
 
 
 # --- Schemas ---------------------------------------------------------------------------------

@@ -133,13 +133,9 @@ class Publisher:
     ) -> str | int:
         """Send ``data``: ``publish()`` (returns the entry id), ``broadcast()`` (the
         number of subscribers) or ``push()`` (the list's length), after ``via``."""
-        target = self.destination(**params)
-        kind = self.type if type is None else type
-        if self.via == "stream":
-            return publishing.publish(target, _plain(data), type=kind, headers=headers)
-        if self.via == "channel":
-            return publishing.broadcast(target, _plain(data), type=kind, headers=headers)
-        return publishing.push(target, _plain(data), type=kind, headers=headers)
+        target, payload, options = self._call(data, type, headers, params)
+        send = getattr(publishing, _SENDERS[self.via])
+        return send(target, payload, **options)  # type: ignore[no-any-return]
 
     async def apublish(
         self,
@@ -150,13 +146,9 @@ class Publisher:
         **params: Any,
     ) -> str | int:
         """Async twin of :meth:`publish`."""
-        target = self.destination(**params)
-        kind = self.type if type is None else type
-        if self.via == "stream":
-            return await publishing.apublish(target, _plain(data), type=kind, headers=headers)
-        if self.via == "channel":
-            return await publishing.abroadcast(target, _plain(data), type=kind, headers=headers)
-        return await publishing.apush(target, _plain(data), type=kind, headers=headers)
+        target, payload, options = self._call(data, type, headers, params)
+        send = getattr(publishing, "a" + _SENDERS[self.via])
+        return await send(target, payload, **options)  # type: ignore[no-any-return]
 
     def request(
         self,
@@ -168,14 +160,8 @@ class Publisher:
         **params: Any,
     ) -> requests.Reply:
         """Send ``data`` as a request and return the reply (``redis_broker.request``)."""
-        return requests.request(
-            self.destination(**params),
-            _plain(data),
-            timeout=timeout,
-            via=self.via,
-            type=self.type if type is None else type,
-            headers=headers,
-        )
+        target, payload, options = self._call(data, type, headers, params)
+        return requests.request(target, payload, timeout=timeout, via=self.via, **options)
 
     async def arequest(
         self,
@@ -187,14 +173,24 @@ class Publisher:
         **params: Any,
     ) -> requests.Reply:
         """Async twin of :meth:`request`."""
-        return await requests.arequest(
-            self.destination(**params),
-            _plain(data),
-            timeout=timeout,
-            via=self.via,
-            type=self.type if type is None else type,
-            headers=headers,
-        )
+        target, payload, options = self._call(data, type, headers, params)
+        return await requests.arequest(target, payload, timeout=timeout, via=self.via, **options)
+
+    def _call(
+        self,
+        data: Any,
+        type: str | None,
+        headers: Mapping[str, Any] | None,
+        params: dict[str, Any],
+    ) -> tuple[str, Any, dict[str, Any]]:
+        """Return what every send of one call shares, sync or async: the destination, the
+        payload as plain values, and the ``type``/``headers`` keywords."""
+        kind = self.type if type is None else type
+        return self.destination(**params), _plain(data), {"type": kind, "headers": headers}
+
+
+#: The publishing function each ``via`` sends with (``a`` + the name: its async twin).
+_SENDERS = {"stream": "publish", "channel": "broadcast", "list": "push"}
 
 
 def _plain(data: Any) -> Any:

@@ -107,3 +107,48 @@ def listen(client: Any, channel: str) -> tuple[Any, Callable[[], Any]]:
 
     wait_for(next_message, message="subscribe confirmation")
     return pubsub, next_message
+
+
+def staff_client(*codenames: str, staff: bool = True, superuser: bool = False) -> Any:
+    """Return a Django test client logged in as a new user holding the given
+    ``redis_broker`` permission codenames (staff unless ``staff=False``)."""
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    user = User.objects.create_user(
+        f"u{User.objects.count()}", password="x", is_staff=staff, is_superuser=superuser
+    )
+    if codenames:
+        user.user_permissions.set(
+            Permission.objects.filter(
+                content_type__app_label="redis_broker", codename__in=codenames
+            )
+        )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def read_ticket_events(redis_client: Any) -> list[Any]:
+    """Return the entries model events appended to ``demo.tickets``, as the runner would."""
+    from redis_broker import wire
+    from redis_broker.consumers.message import StreamMessage
+
+    messages = []
+    for entry_id, fields in redis_client.xrange("demo.tickets"):
+        entry = wire.decode_entry(fields)
+        messages.append(
+            StreamMessage(
+                id=entry_id,
+                stream="demo.tickets",
+                group="notifier",
+                data=entry.data,
+                type=entry.type,
+                event_id=entry.event_id,
+                headers=entry.headers,
+                published_at=entry.published_at,
+                delivery_count=1,
+                fields=entry.fields,
+            )
+        )
+    return messages

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -28,6 +27,7 @@ from redis_broker.metrics.scrape import read_figures
 from redis_broker.models import OutboxEvent
 from redis_broker.naming import dead_letter_name, inbox_name, prefixed
 from redis_broker.testing import RedisServer
+from tests.helpers import staff_client
 
 pytestmark = pytest.mark.django_db
 
@@ -90,21 +90,7 @@ def scrape(with_token: None) -> Callable[[], Samples]:
 @pytest.fixture
 def login() -> Callable[..., Client]:
     """Return a factory of clients logged in as a user with the given broker codenames."""
-
-    def make(*codenames: str, staff: bool = True, superuser: bool = False) -> Client:
-        user = User.objects.create_user(
-            f"u{User.objects.count()}", password="x", is_staff=staff, is_superuser=superuser
-        )
-        user.user_permissions.set(
-            Permission.objects.filter(
-                content_type__app_label="redis_broker", codename__in=codenames
-            )
-        )
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
+    return staff_client
 
 
 # --- Access -----------------------------------------------------------------------------

@@ -12,9 +12,8 @@ import redis
 from django.test import Client
 from django.urls import reverse
 
-from redis_broker import wire
-from redis_broker.consumers.message import StreamMessage
 from redis_broker.testing import wait_for
+from tests.helpers import read_ticket_events
 
 from .helpers import SNAPSHOT, asyncapi_errors, demo_command, payload_errors
 
@@ -101,32 +100,18 @@ def test_what_the_demo_sends_matches_its_document(
     try:
         wait_for(lambda: pubsub.get_message(timeout=0.1) is not None, message="subscribed")
         Ticket.objects.create(owner=owner, title="Printer on fire")
-        ((entry_id, fields),) = redis_client.xrange("demo.tickets")
-        entry = wire.decode_entry(fields)
+        (message,) = read_ticket_events(redis_client)
         event = {
-            "type": entry.type,
-            "data": entry.data,
-            "event_id": entry.event_id,
-            "published_at": entry.published_at,
+            "type": message.type,
+            "data": message.data,
+            "event_id": message.event_id,
+            "published_at": message.published_at,
         }
         stream = "stream.demo.tickets"
         assert payload_errors(document, stream, "model.demo.ticket", event) == []
         assert payload_errors(document, stream, "consume.notify", event) == []
 
-        notify(
-            StreamMessage(
-                id=entry_id,
-                stream="demo.tickets",
-                group="notifier",
-                data=entry.data,
-                type=entry.type,
-                event_id=entry.event_id,
-                headers=entry.headers,
-                published_at=entry.published_at,
-                delivery_count=1,
-                fields=entry.fields,
-            )
-        )
+        notify(message)
         received: list[Any] = []
         wait_for(
             lambda: (

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from django.contrib.auth.models import Permission, User
 from django.test import Client, override_settings
 from django.urls import reverse
 
 from redis_broker.publishers import publisher, registry
+from tests.helpers import staff_client
 
 from .helpers import asyncapi_errors
 
@@ -35,19 +35,7 @@ PAGES = [
 @pytest.fixture
 def user_client(db: Any) -> Callable[..., Client]:
     """Return a factory of logged-in clients for staff users with the given codenames."""
-
-    def make(*codenames: str) -> Client:
-        user = User.objects.create_user(f"u{User.objects.count()}", password="x", is_staff=True)
-        user.user_permissions.set(
-            Permission.objects.filter(
-                content_type__app_label="redis_broker", codename__in=codenames
-            )
-        )
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
+    return staff_client
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -52,6 +54,24 @@ def specs_for(
         )
         for n, stream in enumerate(streams)
     ]
+
+
+@contextmanager
+def running(recorder: Recorder, streams: list[str]) -> Iterator[ConsumerRunner]:
+    """Run a consumer per stream in a thread until the block ends; the runner has started
+    when the block begins, and has stopped, its thread joined, when it ends."""
+    runner = ConsumerRunner(
+        specs=specs_for(recorder, streams), relay_outbox=False, echo=lambda line: None
+    )
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        wait_for(lambda: runner.health is not None and runner.health.started, message="start")
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
 
 
 def run_burst(specs: list[StreamConsumerSpec]) -> tuple[int, ConsumerRunner]:
@@ -132,20 +152,10 @@ def test_an_idle_consumer_among_many_gets_a_new_entry_without_waiting_out_block_
     any stream wakes it, and each stream's entry reaches its own handler."""
     streams = STREAMS[:8]
     recorder = Recorder()
-    runner = ConsumerRunner(
-        specs=specs_for(recorder, streams), relay_outbox=False, echo=lambda line: None
-    )
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        wait_for(lambda: runner.health is not None and runner.health.started, message="start")
+    with running(recorder, streams):
         for n, stream in enumerate(reversed(streams)):
             publish(stream, {"n": n})
             wait_for(lambda stream=stream: recorder.seen[stream], message=f"the entry on {stream}")
-    finally:
-        runner.stop()
-        thread.join(timeout=15)
-    assert not thread.is_alive()
     assert {s: recorder.seen[s] for s in streams} == {
         s: [n] for n, s in enumerate(reversed(streams))
     }
@@ -163,13 +173,7 @@ def test_more_consumers_than_the_connection_pool_holds_all_wait_and_get_their_en
     connections" and an entry on any of their streams is handled."""
     streams = [f"test.pool.{n}" for n in range(110)]
     recorder = Recorder()
-    runner = ConsumerRunner(
-        specs=specs_for(recorder, streams), relay_outbox=False, echo=lambda line: None
-    )
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        wait_for(lambda: runner.health is not None and runner.health.started, message="start")
+    with running(recorder, streams) as runner:
         chosen = streams[::10]
         for stream in chosen:
             publish(stream, {"n": 7})
@@ -177,10 +181,6 @@ def test_more_consumers_than_the_connection_pool_holds_all_wait_and_get_their_en
             lambda: all(recorder.seen[s] == [7] for s in chosen), message="every chosen stream"
         )
         assert all(w.readiness_problem() is None for w in runner.workers)
-    finally:
-        runner.stop()
-        thread.join(timeout=15)
-    assert not thread.is_alive()
     assert recorder.total() == len(streams[::10])
 
 
@@ -218,24 +218,14 @@ def test_a_stream_whose_group_is_lost_is_the_only_one_warned_about(
     go on."""
     streams = STREAMS[:5]
     recorder = Recorder()
-    runner = ConsumerRunner(
-        specs=specs_for(recorder, streams), relay_outbox=False, echo=lambda line: None
-    )
     caplog.set_level(logging.WARNING, logger="redis_broker")
-    thread = threading.Thread(target=runner.run)
-    thread.start()
-    try:
-        wait_for(lambda: runner.health is not None and runner.health.started, message="start")
+    with running(recorder, streams):
         redis_client.xgroup_destroy(streams[3], "many")
         for stream in streams:
             publish(stream, {"n": 1})
         wait_for(
             lambda: all(recorder.seen[s] == [1] for s in streams), message="every stream's entry"
         )
-    finally:
-        runner.stop()
-        thread.join(timeout=15)
-    assert not thread.is_alive()
     lost = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
     assert len(lost) == 1 and streams[3] in lost[0]
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import redis
-from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from redis_broker import wire
 from redis_broker.naming import list_consumers_name, processing_list_name
+from tests.helpers import staff_client
 
 from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, STREAM, Seeded
 
@@ -19,20 +19,7 @@ from .helpers import DEAD_WORKER, DLQ, GROUP, LIST, STREAM, Seeded
 @pytest.fixture
 def user_client(db: Any) -> Callable[..., Client]:
     """Return a factory of logged-in clients for staff users with the given codenames."""
-
-    def make(*codenames: str, staff: bool = True) -> Client:
-        user = User.objects.create_user(f"u{User.objects.count()}", password="x", is_staff=staff)
-        if codenames:
-            user.user_permissions.set(
-                Permission.objects.filter(
-                    content_type__app_label="redis_broker", codename__in=codenames
-                )
-            )
-        client = Client()
-        client.force_login(user)
-        return client
-
-    return make
+    return staff_client
 
 
 @pytest.fixture

@@ -182,14 +182,19 @@ def test_rows_written_inside_a_savepoint_are_undone_with_it_and_only_they() -> N
     assert committed_numbers() == ["INV-OUTER"]
 
 
+#: Django 6.1 renamed ``transaction.savepoint()`` to ``savepoint_create()`` (the old name
+#: warns); both create the savepoint on the connection, which is what the outbox watches.
+savepoint_create = getattr(transaction, "savepoint_create", None) or transaction.savepoint
+
+
 def test_manual_savepoint_rollback_drops_only_the_rows_saved_after_it() -> None:
     """Tests transaction.savepoint_rollback(), which Django's on_commit bookkeeping ignores."""
     with transaction.atomic():
         Invoice.objects.create(number="INV-KEPT")
-        undone = transaction.savepoint()
+        undone = savepoint_create()
         Invoice.objects.create(number="INV-UNDONE")
         transaction.savepoint_rollback(undone)
-        released = transaction.savepoint()
+        released = savepoint_create()
         Invoice.objects.create(number="INV-RELEASED")
         transaction.savepoint_commit(released)
     assert committed_numbers() == ["INV-KEPT", "INV-RELEASED"]

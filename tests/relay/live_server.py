@@ -12,34 +12,62 @@ from typing import Any
 from redis_broker.testing import free_port, stop_process, wait_for
 from tests.helpers import ROOT
 
+#: The README's uvicorn command, less the address: WebSockets through websockets' sans-I/O
+#: protocol (uvicorn's default when websockets is installed); frames over 1 MiB closed with
+#: 1009 before they are read whole (daphne's limit; uvicorn's own is 16 MiB); no
+#: per-message deflate (a zlib context per socket, and every broadcast frame compressed
+#: once per socket: see bench/relay.py); no lifespan (Channels' router has no
+#: ``lifespan`` application).
+UVICORN_COMMAND = (
+    "--ws",
+    "websockets-sansio",
+    "--ws-max-size",
+    "1048576",
+    "--ws-per-message-deflate",
+    "false",
+    "--lifespan",
+    "off",
+)
+
+
+def server_command(server: str, port: int) -> list[str]:
+    """Return the command that serves the demo's ASGI application with ``server`` (daphne
+    or uvicorn, as the README runs each) on 127.0.0.1:``port``."""
+    if server == "uvicorn":
+        address = ["--host", "127.0.0.1", "--port", str(port), *UVICORN_COMMAND]
+    else:
+        address = ["-b", "127.0.0.1", "-p", str(port)]
+    return [sys.executable, "-m", server, *address, "demo_site.asgi:application"]
+
 
 class LiveServer:
-    """``python -m daphne`` on a free port; ``url``, ``ws_url`` and ``stop()``."""
+    """``python -m daphne`` (or ``server="uvicorn"``) on a free port; ``url``, ``ws_url``
+    and ``stop()``."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], server: str = "daphne") -> None:
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws/broker/"
-        # A file, not a pipe: nobody reads daphne's access log while it runs, and a full
-        # pipe would block the server.
+        # A file, not a pipe: nobody reads the server's access log while it runs, and a
+        # full pipe would block the server.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "demo_site.asgi:application"],
+            server_command(server, self.port),
             env=dict(env),
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         try:
-            wait_for(self._answers, timeout=30, message=f"daphne on port {self.port}")
+            wait_for(self._answers, timeout=30, message=f"{server} on port {self.port}")
         except BaseException:
             self.stop()
             raise
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"daphne exited:\n{self.output()}")
+            raise RuntimeError(f"{self.server} exited:\n{self.output()}")
         try:
             with urllib.request.urlopen(self.url + "/login/", timeout=2) as response:
                 return bool(response.status == 200)
@@ -47,11 +75,11 @@ class LiveServer:
             return False
 
     def stop(self) -> None:
-        """Stop daphne (SIGTERM, then SIGKILL)."""
+        """Stop the server (SIGTERM, then SIGKILL)."""
         stop_process(self.process)
 
     def output(self) -> str:
-        """Return what daphne printed (after it stopped)."""
+        """Return what the server printed (after it stopped)."""
         self.stop()
         self.log.seek(0)
         return self.log.read()

@@ -3,39 +3,14 @@ the owner's socket."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from asgiref.sync import sync_to_async
 
-from redis_broker import wire
-from redis_broker.consumers.message import StreamMessage
+from tests.helpers import read_ticket_events
 
 from .helpers import receive, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def read_ticket_events(redis_client: Any) -> list[StreamMessage]:
-    """Return the entries model events appended to ``demo.tickets``, as the runner would."""
-    messages = []
-    for entry_id, fields in redis_client.xrange("demo.tickets"):
-        entry = wire.decode_entry(fields)
-        messages.append(
-            StreamMessage(
-                id=entry_id,
-                stream="demo.tickets",
-                group="notifier",
-                data=entry.data,
-                type=entry.type,
-                event_id=entry.event_id,
-                headers=entry.headers,
-                published_at=entry.published_at,
-                delivery_count=1,
-                fields=entry.fields,
-            )
-        )
-    return messages
 
 
 async def test_ticket_change_notifies_its_owner_only(connect, make_user, redis_client) -> None:

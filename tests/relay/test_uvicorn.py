@@ -2,7 +2,7 @@
 serving the test project's ``asgi.py``, driven by real WebSocket clients.
 
 Each test runs once per server (``server`` is parametrized). uvicorn is started with the
-command the README recommends (:data:`UVICORN_COMMAND`).
+command the README recommends (:data:`tests.relay.live_server.UVICORN_COMMAND`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import functools
 import json
 import os
 import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,61 +26,19 @@ from websockets.exceptions import ConnectionClosed
 from redis_broker import broadcast
 from redis_broker.relay import adisconnect_user
 from redis_broker.relay.consumer import CLOSE_REVOKED, frame_send
-from redis_broker.testing import free_port, wait_for
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import subprocess_env
 
 from .live_server import LiveServer, session_cookie
 from .ws_client import HandshakeRefused, Socket, open_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-#: The README's uvicorn command, less the address: WebSockets through websockets' sans-I/O
-#: protocol (uvicorn's default when websockets is installed); frames over 1 MiB closed with
-#: 1009 before they are read whole (daphne's limit; uvicorn's own is 16 MiB); no
-#: per-message deflate (a zlib context per socket, and every broadcast frame compressed
-#: once per socket: see bench/relay.py); no lifespan (Channels' router has no
-#: ``lifespan`` application).
-UVICORN_COMMAND = (
-    "--ws",
-    "websockets-sansio",
-    "--ws-max-size",
-    "1048576",
-    "--ws-per-message-deflate",
-    "false",
-    "--lifespan",
-    "off",
-)
-
-
-class UvicornServer(LiveServer):
-    """``python -m uvicorn`` serving the demo's ASGI application on a free port."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws/broker/"
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port),
-             *UVICORN_COMMAND, "demo_site.asgi:application"],
-            env=env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_for(self._answers, timeout=30, message=f"uvicorn on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-
 
 @pytest.fixture(params=["daphne", "uvicorn"])
 def server(request: pytest.FixtureRequest, redis_broker_url: str) -> Iterator[LiveServer]:
     """Return a live server of each kind serving the demo on this test's database and Redis."""
     env = subprocess_env(REDIS_URL=redis_broker_url)
-    kind = UvicornServer if request.param == "uvicorn" else LiveServer
-    with kind(env) as live:
+    with LiveServer(env, request.param) as live:
         yield live
 
 
@@ -312,7 +267,7 @@ async def test_browser_that_stops_reading_is_closed_with_4008_under_uvicorn(
     another socket on the same channel gets every message (daphne buffers without limit
     instead: README "One Redis connection per process")."""
     cookie = await sync_to_async(session_cookie)(alice)
-    with UvicornServer(subprocess_env(REDIS_URL=redis_broker_url)) as server:
+    with LiveServer(subprocess_env(REDIS_URL=redis_broker_url), "uvicorn") as server:
         reader = await open_socket(server.ws_url, cookie=cookie)
         await reader.subscribe("chat.lobby")
         stuck = await asyncio.to_thread(raw_socket, server, cookie)
