@@ -46,9 +46,12 @@ test: install chromium $(if $(SKIP_LINT),,lint) ## Lint, type-check, then run th
 # The Redis-facing tests, run a second time on a private three-master Redis Cluster
 # (redis-server --cluster-enabled yes; redis-cli --cluster create). The demo's browser
 # tests stay single-node: the demo's presence consumer subscribes to a pattern, which
-# sharded Pub/Sub does not have.
+# sharded Pub/Sub does not have. The relay under uvicorn (tests/relay/test_uvicorn.py) is
+# not run again: which ASGI server carries the sockets does not depend on the topology,
+# and the relay's own cluster paths are run under daphne.
 CLUSTER_TESTS := tests/cluster tests/consumers tests/model_events tests/relay tests/inspector \
-	tests/test_publishing.py tests/test_connection.py tests/test_metrics_view.py
+	tests/test_publishing.py tests/test_connection.py tests/test_metrics_view.py \
+	--ignore=tests/relay/test_uvicorn.py
 
 test-cluster: install ## Run the Redis-facing tests again on a private Redis Cluster
 	$(BIN)/python -m pytest --redis-broker-cluster -m "not browser" $(CLUSTER_TESTS) $(PYTEST_ARGS)
