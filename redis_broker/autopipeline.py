@@ -44,12 +44,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from .connection import LuaScript, is_cluster
-
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # the hiredis extra is optional
-    _hiredis_pack = None  # type: ignore[assignment]
+from .connection import LuaScript, is_cluster, pack_commands
 
 #: A command and the future of the caller waiting for its reply; None for a command
 #: the pipeline sends for itself (``SCRIPT LOAD``), whose reply nobody awaits.
@@ -161,7 +156,7 @@ class AutoPipeline:
         pool: Any = self.client.connection_pool
         conn: Any = await pool.get_connection()
         try:
-            await conn.send_packed_command(_pack(conn, [command for command, _ in batch]))
+            await conn.send_packed_command(pack_commands(conn, [command for command, _ in batch]))
             # One deadline for the batch's replies (each read_response() would arm a
             # timer of its own otherwise: a tenth of the cost of a coalesced call).
             async with asyncio.timeout(conn.socket_timeout):
@@ -213,12 +208,6 @@ def _alone(loop: asyncio.AbstractEventLoop) -> bool:
     asyncio's ready queue (uvloop) always yields."""
     ready = getattr(loop, "_ready", None)
     return ready is not None and not ready
-
-
-def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
-    if _hiredis_pack is not None:
-        return b"".join([_hiredis_pack(command) for command in commands])
-    return conn.pack_commands(commands)
 
 
 def _settle(future: asyncio.Future[Any] | None, *, reply: Any = None, exc: Any = None) -> None:

@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 
 from .conf import BrokerConfig
-from .connection import CONNECTION_ERRORS, is_cluster, write_refused
+from .connection import CONNECTION_ERRORS, is_cluster, pack_commands, write_refused
 
 #: Seconds a write keeps trying while a cluster promotes a replica (cluster-node-timeout
 #: plus an election: about 2 s with a 1 s node timeout).
@@ -122,7 +122,7 @@ async def _anode_exchange(client: Any, key: str, commands: list[tuple[Any, ...]]
     node = client.get_node_from_key(key)
     conn = node.acquire_connection()
     try:
-        await conn.send_packed_command(conn.pack_commands(commands))
+        await conn.send_packed_command(pack_commands(conn, commands))
         replies = [await conn.read_response() for _ in commands]
     except BaseException:
         await conn.disconnect()

@@ -36,7 +36,7 @@ from ..connection import (
 )
 from ..health import HealthServer, ProcessHealth
 from ..heartbeat import Heartbeat
-from . import policy, registry
+from . import registry
 from .channels import ChannelSubscriber, ChannelWorker
 from .lists import ListWorker
 from .registry import ChannelConsumerSpec, ConsumerSpec, ListConsumerSpec, StreamConsumerSpec
@@ -550,15 +550,9 @@ async def _join_groups(workers: Sequence[GroupWorker], client: redis.asyncio.Red
     """Create every group (MKSTREAM; an existing one is left alone), make this process a
     consumer of each, so requests find a responder from now on, and count what each
     group has pending: one round trip for all of them (a hundred streams start in one,
-    not two hundred), which tells each worker what its first set-up may skip."""
+    not two hundred; on a cluster ``exchange`` sends each node its share at once), which
+    tells each worker what its first set-up may skip."""
     if not workers:
-        return
-    if is_cluster(client):  # one node per key, so one round trip each
-        for worker in workers:
-            await policy.ensure_group(client, worker.key, worker.group, worker.spec.start)
-            created = await client.xgroup_createconsumer(worker.key, worker.group, worker.consumer)
-            pending = pending_count(await client.xpending(worker.key, worker.group))
-            worker.joined(consumer_new=created == 1, nothing_pending=pending == 0)
         return
     commands: list[tuple[Any, ...]] = []
     for worker in workers:

@@ -26,7 +26,7 @@ import redis.asyncio
 from .. import wire
 from ..backoff import wait_or_stop
 from ..conf import BrokerConfig
-from ..connection import is_cluster
+from ..connection import is_cluster, pack_commands
 from ..exceptions import MalformedEntry
 from ..naming import dead_letter_name, prefixed, reply_record_name
 from ..requests import request_info
@@ -35,11 +35,6 @@ from . import policy
 from .message import StreamMessage
 from .registry import StreamConsumerSpec
 from .worker import BURST_POLL, RETRIED_ERRORS, ConsumerWorker, describe
-
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # hiredis is optional
-    _hiredis_pack = None  # type: ignore[assignment]
 
 logger = logging.getLogger("redis_broker.consumers")
 
@@ -384,11 +379,7 @@ async def exchange(client: redis.asyncio.Redis, commands: list[tuple[Any, ...]])
 
 async def _send_and_read(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Write ``commands`` packed in one buffer and read a reply for each, in order."""
-    await conn.send_packed_command(
-        b"".join([_hiredis_pack(c) for c in commands])
-        if _hiredis_pack is not None
-        else conn.pack_commands(commands)
-    )
+    await conn.send_packed_command(pack_commands(conn, commands))
     replies: list[Any] = []
     try:
         # One deadline for the replies (a blocking read's included: SOCKET_TIMEOUT is

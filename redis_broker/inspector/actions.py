@@ -20,7 +20,7 @@ broadcasts one on a channel, with the same permission, CSRF, log and messages.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -167,8 +167,7 @@ def requeue_entries(
     read = client.pipeline(transaction=False)
     for entry_id in ids:
         read.xrange(dlq_key, min=entry_id, max=entry_id, count=1)
-    plans: list[tuple[str, str, dict[str, str], bool]] = []
-    fields_kind: dict[str, str] = {}  # dead-letter id -> original_kind
+    plans: list[tuple[str, str, dict[str, str], str]] = []  # id, target, fields, origin
     missing: list[str] = []
     failed: list[tuple[str, str]] = []
     for entry_id, rows in zip(ids, read.execute(), strict=True):
@@ -182,39 +181,44 @@ def requeue_entries(
             continue
         # Accept the field with or without KEY_PREFIX: it names a stream of this prefix.
         target = unprefixed(prefix, fields.get(wire.ORIGINAL_STREAM) or stream)
-        # A list item has no entry id: list consumers dead-letter with original_id "".
-        from_list = not fields.get(wire.ORIGINAL_ID)
-        plans.append((entry_id, target, wire.requeue_fields(fields), from_list))
-        fields_kind[entry_id] = fields.get(wire.ORIGINAL_KIND, "")
+        plans.append((entry_id, target, wire.requeue_fields(fields), _origin(fields)))
     lists = _list_targets(client, prefix, plans)
     # Not publishing.publish_encoded: it raises on the first refused XADD, and a requeue
     # must report each entry and remove from the dead letters exactly those appended.
     xadd_args = trim_args(config.stream_maxlen)
     write = client.pipeline(transaction=False)
-    written: list[tuple[str, str]] = []
-    for entry_id, target, fields, _from_list in plans:
-        kind = fields_kind.get(entry_id) or ("list" if target in lists else "stream")
+    written: list[tuple[str, str, str]] = []
+    for entry_id, target, fields, origin in plans:
+        kind = origin if origin == "channel" else ("list" if target in lists else "stream")
         try:
             _write_back(write, client, kind, prefixed(prefix, target), fields, xadd_args)
         except (MalformedEntry, TypeError) as exc:
             failed.append((entry_id, f"{target}: {exc}"))
             continue
-        written.append((entry_id, target))
+        written.append((entry_id, target, kind))
     requeued: list[tuple[str, str, str]] = []
-    for (entry_id, target), reply in zip(written, write.execute(raise_on_error=False), strict=True):
+    replies = write.execute(raise_on_error=False)
+    for (entry_id, target, kind), reply in zip(written, replies, strict=True):
         if isinstance(reply, Exception):
             failed.append((entry_id, f"{target}: {reply}"))
         else:
-            if fields_kind.get(entry_id) == "channel":
-                new_id = PUBLISHED
-            elif target in lists:
-                new_id = LIST_TAIL
-            else:
-                new_id = wire.reply_text(reply, "replace")
+            new_id = _NEW_IDS.get(kind) or wire.reply_text(reply, "replace")
             requeued.append((entry_id, target, new_id))
     if requeued:
         client.xdel(dlq_key, *[entry_id for entry_id, _, _ in requeued])
     return RequeueResult(requeued=requeued, missing=missing, failed=failed)
+
+
+#: What a requeued dead letter's new id reads as, by where it went back (a stream's is its id).
+_NEW_IDS = {"list": LIST_TAIL, "channel": PUBLISHED}
+
+
+def _origin(fields: Mapping[str, str]) -> str:
+    """Return where a dead letter came from: "channel" (its ``original_kind``), "list"
+    (no ``original_id``: list consumers dead-letter with ``""``), else "stream"."""
+    if fields.get(wire.ORIGINAL_KIND) == "channel":
+        return "channel"
+    return "stream" if fields.get(wire.ORIGINAL_ID) else "list"
 
 
 def _write_back(
@@ -236,13 +240,14 @@ def _write_back(
 
 
 def _list_targets(
-    client: redis.Redis, prefix: str, plans: Sequence[tuple[str, str, dict[str, str], bool]]
+    client: redis.Redis, prefix: str, plans: Sequence[tuple[str, str, dict[str, str], str]]
 ) -> set[str]:
-    """Return the requeue targets that are lists.
+    """Return the requeue targets that are lists (a channel's dead letter has none).
 
     A target is a list when its key holds one, or when it is absent (an emptied list)
     and the dead letter came from a list.
     """
+    plans = [plan for plan in plans if plan[3] != "channel"]
     targets = sorted({target for _, target, _, _ in plans})
     pipe = client.pipeline(transaction=False)
     for target in targets:
@@ -250,8 +255,8 @@ def _list_targets(
     kinds = dict(zip(targets, pipe.execute(), strict=True))
     return {
         target
-        for _, target, _, from_list in plans
-        if kinds[target] == b"list" or (kinds[target] == b"none" and from_list)
+        for _, target, _, origin in plans
+        if kinds[target] == b"list" or (kinds[target] == b"none" and origin == "list")
     }
 
 
