@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from redis_broker.testing import wait_for
-from tests.helpers import read_ticket_events
+from tests.helpers import listen, read_ticket_events
 
 from .helpers import SNAPSHOT, asyncapi_errors, demo_command, payload_errors
 
@@ -95,10 +95,8 @@ def test_what_the_demo_sends_matches_its_document(
     done = demo_command()
     document = json.loads(done.stdout)
     owner = django_user_model.objects.create_user("owner", password="x")
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(f"user.{owner.pk}")
+    pubsub, next_message = listen(redis_client, f"user.{owner.pk}")
     try:
-        wait_for(lambda: pubsub.get_message(timeout=0.1) is not None, message="subscribed")
         Ticket.objects.create(owner=owner, title="Printer on fire")
         (message,) = read_ticket_events(redis_client)
         event = {
@@ -112,14 +110,7 @@ def test_what_the_demo_sends_matches_its_document(
         assert payload_errors(document, stream, "consume.notify", event) == []
 
         notify(message)
-        received: list[Any] = []
-        wait_for(
-            lambda: (
-                (m := pubsub.get_message(timeout=0.1)) is not None and received.append(m) is None
-            ),
-            message="the notification",
-        )
-        notification = json.loads(received[0]["data"])
+        notification = json.loads(wait_for(next_message, message="the notification")["data"])
         channel = "channel.user.user_id"
         assert notification["data"]["kind"] == "ticket"
         assert payload_errors(document, channel, "publish.ticket_notifications", notification) == []

@@ -18,6 +18,7 @@ from redis_broker.consumers.runner import ConsumerRunner
 from redis_broker.publishers import Publisher, PublisherRegistry, autodiscover, publisher
 from redis_broker.requests import reset_inbox
 from redis_broker.testing import wait_for
+from tests.helpers import listen
 
 
 @dataclass
@@ -52,19 +53,10 @@ def test_a_channel_publisher_fills_its_name_parts(redis_client: redis.Redis) -> 
     """Tests that a channel publisher broadcasts on its address with each ``{name}`` part
     filled from the call's keyword arguments, and returns the subscriber count."""
     notices = Publisher(address="notice.{team}.{user_id}", via="channel", type="notice")
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe("notice.ops.42")
+    pubsub, next_message = listen(redis_client, "notice.ops.42")
     try:
-        wait_for(lambda: pubsub.get_message(timeout=0.1) is not None, message="subscribed")
         assert notices.publish({"text": "hi"}, team="ops", user_id=42) == 1
-        received: list[Any] = []
-        wait_for(
-            lambda: (
-                (m := pubsub.get_message(timeout=0.1)) is not None and received.append(m) is None
-            ),
-            message="the notice",
-        )
-        message = json.loads(received[0]["data"])
+        message = json.loads(wait_for(next_message, message="the notice")["data"])
         assert (message["type"], message["data"]) == ("notice", {"text": "hi"})
     finally:
         pubsub.close()
